@@ -1,0 +1,32 @@
+#include "lg_config.h"
+
+#include <stddef.h>
+
+#define OPT(name, type, field, def, min, max, help)                                    \
+    {name, 0, type, offsetof(lg_config_t, field), def, min, max, help}
+
+static const im_cfg_opt_t opts[] = {
+    OPT("amqp-host", IM_CFG_STR, amqp_host, "127.0.0.1", 0, 0, "RabbitMQ host"),
+    OPT("amqp-port", IM_CFG_INT, amqp_port, "5673", 1, 65535, "RabbitMQ port"),
+    OPT("amqp-user", IM_CFG_STR, amqp_user, "im", 0, 0, "RabbitMQ user"),
+    OPT("amqp-password", IM_CFG_STR, amqp_password, "im", 0, 0, "RabbitMQ password"),
+    OPT("amqp-vhost", IM_CFG_STR, amqp_vhost, "/", 0, 0, "RabbitMQ virtual host"),
+    OPT("mysql-host", IM_CFG_STR, mysql_host, "127.0.0.1", 0, 0, "MySQL/MariaDB host"),
+    OPT("mysql-port", IM_CFG_INT, mysql_port, "3307", 1, 65535, "MySQL/MariaDB port"),
+    OPT("mysql-user", IM_CFG_STR, mysql_user, "im", 0, 0, "MySQL user"),
+    OPT("mysql-password", IM_CFG_STR, mysql_password, "im", 0, 0, "MySQL password"),
+    OPT("mysql-db", IM_CFG_STR, mysql_db, "im", 0, 0, "MySQL database"),
+    OPT("queue", IM_CFG_STR, queue, "im.messages", 0, 0,
+        "durable queue of accepted messages, drained into MySQL"),
+    OPT("writer-batch", IM_CFG_INT, writer_batch, "1000", 1, 10000,
+        "messages per INSERT transaction"),
+    OPT("writer-delay", IM_CFG_DURATION, writer_delay_ms, "20ms", 0, 10000,
+        "longest a message waits for its batch to fill"),
+    OPT("writer-prefetch", IM_CFG_INT, writer_prefetch, "2000", 1, 65535,
+        "unacked deliveries the writer holds (>= writer-batch)"),
+    OPT("log-level", IM_CFG_STR, log_level, "info", 0, 0, "error, warn, info, debug or trace"),
+};
+
+const im_cfg_spec_t lg_config_spec = {
+    "logic", "imserver logic service: drains the durable message queue into MySQL in batches.",
+    "IM", opts, sizeof(opts) / sizeof(opts[0])};

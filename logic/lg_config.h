@@ -1,0 +1,37 @@
+/*
+ * lg_config.h - the logic service's settings: one declarative table drives
+ * its flags, environment variables and --help (common/im_config.h).
+ *
+ * The environment prefix is IM, so the connection settings are the same
+ * variables scripts/infra.sh writes to $IM_STATE_DIR/env (IM_AMQP_PORT,
+ * IM_MYSQL_HOST, ...): `set -a; . .run/env; build/logic/logic` just works.
+ */
+#ifndef LG_CONFIG_H
+#define LG_CONFIG_H
+
+#include <stdint.h>
+
+#include "im_config.h"
+
+typedef struct {
+    const char *amqp_host;
+    int64_t amqp_port;
+    const char *amqp_user;
+    const char *amqp_password;
+    const char *amqp_vhost;
+    const char *mysql_host;
+    int64_t mysql_port;
+    const char *mysql_user;
+    const char *mysql_password;
+    const char *mysql_db;
+    const char *queue;       /* the durable message queue the writer drains */
+    int64_t writer_batch;    /* rows per transaction */
+    int64_t writer_delay_ms; /* max wait of the oldest message before a flush */
+    int64_t writer_prefetch;
+    const char *log_level;
+} lg_config_t;
+
+/* The table, for im_cfg_parse / im_cfg_usage. */
+extern const im_cfg_spec_t lg_config_spec;
+
+#endif
