@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # infra.sh - the project's real RabbitMQ, MariaDB and Redis as local processes on 127.0.0.1.
 #
-# Usage: scripts/infra.sh up|down|status|env
+# Usage: scripts/infra.sh up|down|stop SERVICE|status|env
 #   up      start whatever is not running, wait until ready, create the `im` database and
 #           users, apply new sql/migrations/NNN_name.sql, write and print $IM_STATE_DIR/env
 #   down    stop exactly the processes `up` started (PID files), leaving none behind
+#   stop S  stop only server S (rabbitmq, mariadb or redis), for fault tests; `up` restarts it
 #   status  say which servers run; exit 0 when all do, 3 otherwise
 #   env     print $IM_STATE_DIR/env (KEY=VALUE lines for clients)
 #
@@ -522,6 +523,25 @@ cmd_down() {
     log "down: no process of $STATE left"
 }
 
+# Stops one server and leaves the others running: fault-injection tests take a
+# server away this way and bring it back with `up`, which starts what is missing.
+cmd_stop() {
+    local svc=${1:-}
+    case $svc in
+    rabbitmq | mariadb | redis) ;;
+    *) die "stop needs one of: rabbitmq mariadb redis" ;;
+    esac
+    lock_state
+    load_ports || die "nothing set up in $STATE"
+    init_layout
+    case $svc in
+    rabbitmq) stop_service rabbitmq 30 rabbitmqctl stop ;;
+    mariadb) stop_service mariadb 60 ;;
+    redis) stop_service redis 10 ;;
+    esac
+    log "stopped $svc"
+}
+
 cmd_status() {
     local svc pid all=0 port
     if [ ! -d "$STATE" ] || ! load_ports; then
@@ -554,6 +574,7 @@ cmd_env() {
 case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
+stop) cmd_stop "${2:-}" ;;
 status) cmd_status ;;
 env) cmd_env ;;
 *)
