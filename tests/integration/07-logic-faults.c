@@ -1,10 +1,12 @@
 /*
- * 07-logic-crash: kill -9 of the logic process while batches are in flight,
- * then restart.  Every message the broker confirmed (the moment a sender gets
- * its ack) must end up in MySQL exactly once, and a graceful stop afterwards
- * must leave nothing unacked.
+ * 07-logic-faults: the logic process's writer under faults, on real servers.
+ *   - kill -9 of the logic process while batches are in flight, then restart;
+ *   - MariaDB stopped for a while under load, then started again.
+ * Every message the broker confirmed (the moment a sender gets its ack) must
+ * end up in MySQL exactly once, and a graceful stop afterwards must leave
+ * nothing unacked.
  *
- * Usage (ctest passes it): test_07_logic_crash <path of the logic binary>
+ * Usage (ctest passes them): test_07_logic_faults <logic binary> <infra.sh>
  */
 #include <signal.h>
 #include <stdio.h>
@@ -23,7 +25,7 @@
 
 #define TOTAL 20000
 
-static const char *logic_bin;
+static const char *logic_bin, *infra_sh;
 static char queue[96], conv[48];
 static pid_t logic_pid;
 
@@ -100,11 +102,11 @@ static void publish(im_amqp_publisher_t *pub, im_idgen_t *ids, uint64_t first, u
     for (uint64_t seq = first; seq <= last; seq++) {
         Im__V1__ChatMessage m = IM__V1__CHAT_MESSAGE__INIT, *mp = &m;
         Im__V1__ChatBatch b = IM__V1__CHAT_BATCH__INIT;
-        char cid[32];
+        char cid[64];
         size_t len;
         im_err_t rc;
 
-        snprintf(cid, sizeof(cid), "it07-%llu", (unsigned long long)seq);
+        snprintf(cid, sizeof(cid), "%s-%llu", conv, (unsigned long long)seq);
         m.id = im_id_next(ids);
         m.conv = conv;
         m.seq = seq;
@@ -194,22 +196,111 @@ TEST(kill9_mid_batch_then_restart_stores_each_message_once)
     im_mysql_close(db);
 }
 
+/* Runs `infra.sh <args>` for our state dir (inherited IM_STATE_DIR). */
+static void infra(const char *args)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s %s >/dev/null 2>&1", infra_sh, args);
+    ASSERT_EQ(system(cmd), 0);
+}
+
+TEST(mysql_down_under_load_no_loss_backlog_drains)
+{
+    im_amqp_conn_t *amqp = amqp_connect();
+    im_amqp_publisher_t *pub = im_amqp_publisher_new(amqp, 256, NULL, NULL);
+    im_amqp_queue_opts_t q = {.name = queue, .durable = true};
+    im_mysql_t *db = mysql_connect();
+    im_mysql_stmt_t *st;
+    im_idgen_t ids;
+    uint64_t rows = 0, distinct = 0, t0, seq = 0;
+    uint32_t ready = 1;
+    int status;
+
+    ASSERT_EQ(im_idgen_init(&ids, 1001, 0, NULL), IM_OK);
+    ASSERT_EQ(im_amqp_declare_queue(amqp, &q, NULL, 0, NULL), IM_OK);
+    logic_pid = start_logic();
+    ASSERT_GT(logic_pid, 0);
+    publish(pub, &ids, 1, 1000);
+    seq = 1000;
+
+    /* The database goes away.  Senders keep getting acks (the broker holds the
+     * messages); the writer must not ack anything it could not commit. */
+    im_mysql_close(db);
+    infra("stop mariadb");
+    t0 = im_mono_ms();
+    while (im_mono_ms() - t0 < 3000) {
+        publish(pub, &ids, seq + 1, seq + 200);
+        seq += 200;
+        sleep_ms(50);
+    }
+    infra("up");
+    ASSERT_EQ(it_env_load(), IM_OK);
+    db = mysql_connect();
+    ASSERT_EQ(im_mysql_prepare(db,
+                               "SELECT COUNT(*), COUNT(DISTINCT seq) FROM messages WHERE conv_id = ?",
+                               &st),
+              IM_OK);
+    im_mysql_bind_str(st, 0, conv, strlen(conv));
+    publish(pub, &ids, seq + 1, seq + 1000);
+    seq += 1000;
+
+    t0 = im_mono_ms();
+    do {
+        sleep_ms(50);
+        count_rows(st, &rows, &distinct);
+    } while (rows < seq && im_mono_ms() - t0 < 60000);
+    printf("%llu messages sent across the outage, %llu stored\n", (unsigned long long)seq,
+           (unsigned long long)rows);
+    ASSERT_EQ(rows, seq);
+    ASSERT_EQ(distinct, seq);
+
+    ASSERT_EQ(kill(logic_pid, SIGTERM), 0);
+    ASSERT_EQ(waitpid(logic_pid, &status, 0), logic_pid);
+    logic_pid = 0;
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    q.passive = true;
+    ASSERT_EQ(im_amqp_declare_queue(amqp, &q, NULL, 0, &ready), IM_OK);
+    ASSERT_EQ(ready, 0);
+
+    im_amqp_delete_queue(amqp, queue, NULL);
+    im_amqp_publisher_free(pub);
+    im_amqp_close(amqp);
+    im_mysql_stmt_free(st);
+    im_mysql_close(db);
+}
+
+/* A fresh queue and conversation for each test. */
+static void new_names(void)
+{
+    static int n;
+    n++;
+    snprintf(queue, sizeof(queue), "it07.%d.%d.%llu", (int)getpid(), n,
+             (unsigned long long)(im_wall_ms() % 100000000u));
+    snprintf(conv, sizeof(conv), "d:%d%d:%llu", (int)getpid(), n,
+             (unsigned long long)(im_wall_ms() % 100000000u));
+}
+
 int main(int argc, char **argv)
 {
     int rc;
 
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s <logic binary>\n", argv[0]);
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s <logic binary> <infra.sh>\n", argv[0]);
         return 2;
     }
     logic_bin = argv[1];
+    infra_sh = argv[2];
     if (it_env_load() != IM_OK)
         return 1;
-    snprintf(queue, sizeof(queue), "it07.%d.%llu", (int)getpid(),
-             (unsigned long long)(im_wall_ms() % 100000000u));
-    snprintf(conv, sizeof(conv), "d:%d:%llu", (int)getpid(),
-             (unsigned long long)(im_wall_ms() % 100000000u));
+    new_names();
     RUN(kill9_mid_batch_then_restart_stores_each_message_once);
+    if (logic_pid > 0) {
+        kill(logic_pid, SIGKILL);
+        waitpid(logic_pid, NULL, 0);
+        logic_pid = 0;
+    }
+    new_names();
+    RUN(mysql_down_under_load_no_loss_backlog_drains);
     rc = im_test_done();
     if (logic_pid > 0) { /* a failed assertion left it running */
         kill(logic_pid, SIGKILL);
