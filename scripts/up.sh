@@ -1,13 +1,47 @@
 #!/usr/bin/env bash
 # The README's "start everything" command: installs what is missing, builds,
-# and starts the infrastructure (RabbitMQ, MariaDB, Redis) as local processes
-# under .run/.  Stop everything with scripts/down.sh.
+# starts the infrastructure (RabbitMQ, MariaDB, Redis) as local processes under
+# .run/, then the services.  Stop everything with scripts/down.sh.
+#
+# Services started today: logic (the batch writer: durable queue -> MySQL).
+# The gateway and its web client join when they exist.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+state=${IM_STATE_DIR:-$repo/.run}
+export IM_STATE_DIR=$state
 
 "$repo/scripts/deps.sh"
 "$repo/scripts/build.sh" "$repo/build"
 "$repo/scripts/infra.sh" up
+
+# start_service NAME BINARY [args...]: runs it in the background with the
+# infra settings in its environment, logging to $state/NAME.log; a second
+# up.sh leaves a running one alone.
+start_service() {
+    local name=$1 pidfile=$state/$1.pid pid
+    shift
+    if [ -f "$pidfile" ] && pid=$(<"$pidfile") && kill -0 "$pid" 2>/dev/null &&
+        grep -q "^State:[[:space:]]*[RSD]" "/proc/$pid/status" 2>/dev/null; then
+        echo "up: $name already running (pid $pid)"
+        return 0
+    fi
+    (
+        set -a
+        # shellcheck disable=SC1091
+        . "$state/env"
+        exec "$@" >>"$state/$name.log" 2>&1 </dev/null
+    ) &
+    echo $! >"$pidfile"
+    sleep 0.3
+    if ! kill -0 "$!" 2>/dev/null; then
+        echo "up: $name exited at once; see $state/$name.log" >&2
+        tail -n 20 "$state/$name.log" >&2
+        return 1
+    fi
+    echo "up: $name running (pid $!, log $state/$name.log)"
+}
+
+start_service logic "$repo/build/logic/logic"
 echo
-echo "Infrastructure is up (settings above, also in ${IM_STATE_DIR:-$repo/.run}/env)."
+echo "Everything is up (settings above, also in $state/env)."
 echo "Stop it with: scripts/down.sh"
