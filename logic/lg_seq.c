@@ -1,0 +1,319 @@
+/*
+ * lg_seq.c - per-conversation seqs from Redis, made durable by leases in MariaDB
+ * (see lg_seq.h for the guarantees).
+ *
+ * State.  MariaDB: conv_seq_reserve.reserved_upto (D), only ever raised, always
+ * committed before Redis may use it.  Redis: the hash im:seq:<conv> with
+ *   n  the counter: the last seq handed out in this incarnation of the hash,
+ *   c  the ceiling: the largest committed D copied into Redis,
+ *   r  the run_id of the Redis server that the hash was initialised on.
+ *
+ * Operations (each Redis step is one Lua script, so it is atomic):
+ *   next   if the hash is missing or r is not the server's run_id: "need init".
+ *          If given a ceiling D' (from the reserve just made): c = max(c, D').
+ *          If n >= c: "need reserve" (nothing consumed).  Else n += 1, return n.
+ *          A missing hash is never created here: that is init's job.
+ *   reserve, in one MariaDB transaction holding the conv's row lock:
+ *          read D; for "need init" set n = c = D, r = run_id, unless a hash of this
+ *          run_id exists already; D' = max(D, n seen) + step; commit.  Then next
+ *          again with D'.
+ *
+ * Why no seq is handed out twice or out of order:
+ *  1. Every ceiling was committed first, so every seq ever handed out is <= D.
+ *  2. A hash is only ever created by init, under the row lock, from the D read
+ *     under that lock: no reservation can commit between the read and the
+ *     creation, so the new n is >= every seq any earlier incarnation handed out.
+ *  3. Within one incarnation n only grows, and raising c never hands out anything
+ *     at or below n.  A late raise (a process that stalled after its commit) into
+ *     a newer incarnation is harmless: its D' committed before that incarnation's
+ *     init read D >= D', so c stays <= n; a D' committed after the init is a fresh
+ *     lease above everything handed out.
+ *  So each incarnation starts above the previous ones and counts up.
+ *
+ * Why r: a Redis restarted from an RDB or AOF file may bring back an old hash
+ * whose n is below seqs handed out since the file was written.  Its r names the
+ * previous server run, so it counts as missing and is initialised again from D.
+ * A replica promoted after a failover has a run_id of its own, so the same holds
+ * for hashes it copied from the old master.
+ *
+ * The lock is held across one Redis round trip only on init, which happens once
+ * per conversation per Redis run.  Reserves are rare (one per step seqs).  When
+ * two processes run out together both reserve a step; nothing is wasted, as c
+ * jumps to the higher D' and n counts through both.  Since the reserve's D' is
+ * above c, the next script that raises to it always has a seq to hand out: a call
+ * takes at most init, reserve and that, unless Redis is lost in between.
+ */
+#include "lg_seq.h"
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "im_alloc.h"
+#include "im_log.h"
+
+#define KEY_PREFIX   "im:seq:"
+#define CONV_MAX     48
+#define MAX_ROUNDS   8 /* a round either hands out a seq or moves the state on */
+#define U64_DIGITS   21
+
+/* Replies of the next script: {kind, value}. */
+enum { NEXT_NEED_INIT = 0, NEXT_GOT = 1, NEXT_NEED_RESERVE = 2 };
+
+/* KEYS[1] the hash, ARGV[1] the run_id, ARGV[2] (optional) a committed D to raise
+ * the ceiling to first.  Returns {NEXT_*, n}.  Raising and taking in one script
+ * means a process that just reserved gets its seq even while others drain the
+ * lease as fast as Redis answers. */
+static const char next_lua[] =
+    "local v = redis.call('HMGET', KEYS[1], 'n', 'c', 'r')\n"
+    "if not v[1] or v[3] ~= ARGV[1] then return {0, 0} end\n"
+    "local c = tonumber(v[2] or '0')\n"
+    "if ARGV[2] and tonumber(ARGV[2]) > c then\n"
+    "  c = tonumber(ARGV[2])\n"
+    "  redis.call('HSET', KEYS[1], 'c', ARGV[2])\n"
+    "end\n"
+    "if tonumber(v[1]) >= c then return {2, v[1]} end\n"
+    "return {1, redis.call('HINCRBY', KEYS[1], 'n', 1)}\n";
+
+/* KEYS[1] the hash, ARGV[1] the run_id, ARGV[2] D. */
+static const char init_lua[] =
+    "if redis.call('HGET', KEYS[1], 'r') == ARGV[1] then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'n', ARGV[2], 'c', ARGV[2], 'r', ARGV[1])\n"
+    "return 1\n";
+
+struct lg_seq_s {
+    im_redis_t *redis;
+    im_mysql_t *db;
+    uint64_t step;
+    /* Creates the row at 0 if missing, and locks it either way.  Not INSERT IGNORE:
+     * that takes a shared lock on an existing row, and two transactions upgrading
+     * their shared locks for the FOR UPDATE below deadlock. */
+    im_mysql_stmt_t *ensure;
+    im_mysql_stmt_t *lock;   /* reads D and locks the row */
+    im_mysql_stmt_t *store;  /* writes D' */
+    im_redis_script_t next, init;
+};
+
+/* What one call works on: the conversation, its Redis key and the server run. */
+typedef struct {
+    const char *conv;
+    size_t conv_len;
+    char key[sizeof(KEY_PREFIX) + CONV_MAX];
+    const char *run_id;
+} call_t;
+
+im_err_t lg_seq_new(im_redis_t *redis, im_mysql_t *db, uint64_t step, lg_seq_t **out)
+{
+    lg_seq_t *s = im_calloc(1, sizeof(*s));
+    im_err_t err;
+
+    s->redis = redis;
+    s->db = db;
+    s->step = step != 0 ? step : LG_SEQ_DEFAULT_STEP;
+    s->next = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(next_lua);
+    s->init = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(init_lua);
+    err = im_mysql_prepare(db,
+                           "INSERT INTO conv_seq_reserve (conv_id, reserved_upto) VALUES (?, 0)"
+                           " ON DUPLICATE KEY UPDATE reserved_upto = reserved_upto",
+                           &s->ensure);
+    if (err == IM_OK)
+        err = im_mysql_prepare(db,
+                               "SELECT reserved_upto FROM conv_seq_reserve"
+                               " WHERE conv_id = ? FOR UPDATE",
+                               &s->lock);
+    if (err == IM_OK)
+        err = im_mysql_prepare(
+            db, "UPDATE conv_seq_reserve SET reserved_upto = ? WHERE conv_id = ?", &s->store);
+    if (err != IM_OK) {
+        im_log_error("lg_seq: preparing statements: %s", im_mysql_error(db));
+        lg_seq_free(s);
+        return err;
+    }
+    *out = s;
+    return IM_OK;
+}
+
+void lg_seq_free(lg_seq_t *s)
+{
+    if (s == NULL)
+        return;
+    im_mysql_stmt_free(s->ensure);
+    im_mysql_stmt_free(s->lock);
+    im_mysql_stmt_free(s->store);
+    im_free(s);
+}
+
+/* ---------------------------------------------------------------- Redis steps */
+
+/* Runs script on the call's key with the run_id and, if value_str is not NULL,
+ * one more argument. */
+static im_err_t run_script(lg_seq_t *s, im_redis_script_t *script, const call_t *c,
+                           const char *value_str, im_redis_reply_t **out)
+{
+    const char *args[3] = {c->key, c->run_id, value_str};
+
+    return im_redis_eval(s->redis, script, 1, value_str != NULL ? 3 : 2, args, NULL, out);
+}
+
+/* The next script, raising the ceiling to raise_to first unless it is 0. */
+static im_err_t redis_next(lg_seq_t *s, const call_t *c, uint64_t raise_to, int *kind,
+                           uint64_t *value)
+{
+    char raise_str[U64_DIGITS];
+    im_redis_reply_t *rep;
+    const im_redis_reply_t *k, *v;
+    im_err_t err;
+
+    snprintf(raise_str, sizeof(raise_str), "%" PRIu64, raise_to);
+    err = run_script(s, &s->next, c, raise_to != 0 ? raise_str : NULL, &rep);
+    if (err != IM_OK)
+        return err;
+    k = im_redis_reply_elem(rep, 0);
+    v = im_redis_reply_elem(rep, 1);
+    if (k == NULL || v == NULL || im_redis_reply_type(k) != IM_REDIS_INT ||
+        im_redis_reply_u64(v, value) != IM_OK)
+        err = IM_EPARSE;
+    else
+        *kind = (int)im_redis_reply_int(k);
+    im_redis_reply_free(rep);
+    return err;
+}
+
+/* Initialises the hash from d unless a hash of this run exists. */
+static im_err_t redis_init(lg_seq_t *s, const call_t *c, uint64_t d)
+{
+    char d_str[U64_DIGITS];
+
+    snprintf(d_str, sizeof(d_str), "%" PRIu64, d);
+    return run_script(s, &s->init, c, d_str, NULL);
+}
+
+/* ---------------------------------------------------------------- MariaDB lease */
+
+/* The conv's reserved_upto, with its row created if missing and locked until the
+ * transaction ends. */
+static im_err_t lock_row(lg_seq_t *s, const call_t *c, uint64_t *d)
+{
+    im_err_t err;
+
+    im_mysql_bind_str(s->ensure, 0, c->conv, c->conv_len);
+    err = im_mysql_stmt_exec(s->ensure);
+    if (err != IM_OK)
+        return err;
+    im_mysql_bind_str(s->lock, 0, c->conv, c->conv_len);
+    err = im_mysql_stmt_exec(s->lock);
+    if (err == IM_OK)
+        err = im_mysql_stmt_next(s->lock);
+    if (err == IM_OK)
+        *d = im_mysql_col_u64(s->lock, 0);
+    return err;
+}
+
+/* The transaction of "reserve" in the comment at the top: initialises the Redis
+ * hash when init is set, and stores in *upto a reserved_upto above seen and above
+ * the one read, for the raise once committed. */
+static im_err_t reserve_tx(lg_seq_t *s, const call_t *c, bool init, uint64_t seen,
+                           uint64_t *upto)
+{
+    uint64_t d;
+    im_err_t err;
+
+    err = lock_row(s, c, &d);
+    if (err == IM_OK && init)
+        err = redis_init(s, c, d);
+    if (err != IM_OK)
+        return err;
+    *upto = (d > seen ? d : seen) + s->step;
+    im_mysql_bind_u64(s->store, 0, *upto);
+    im_mysql_bind_str(s->store, 1, c->conv, c->conv_len);
+    return im_mysql_stmt_exec(s->store);
+}
+
+static im_err_t reserve(lg_seq_t *s, const call_t *c, bool init, uint64_t seen,
+                        uint64_t *upto)
+{
+    im_err_t err = im_mysql_begin(s->db);
+
+    if (err != IM_OK)
+        return err;
+    err = reserve_tx(s, c, init, seen, upto);
+    if (err == IM_OK)
+        return im_mysql_commit(s->db);
+    im_mysql_rollback(s->db);
+    return err;
+}
+
+/* ---------------------------------------------------------------- allocation */
+
+/* One attempt: a seq (IM_OK), or the state moved on by a reserve and the caller
+ * should try again (IM_EAGAIN, with *raise_to the committed ceiling to raise to
+ * in the next attempt), or an error. */
+static im_err_t attempt(lg_seq_t *s, call_t *c, uint64_t *raise_to, uint64_t *out)
+{
+    uint64_t value;
+    int kind;
+    im_err_t err;
+
+    err = im_redis_run_id(s->redis, &c->run_id);
+    if (err == IM_OK)
+        err = redis_next(s, c, *raise_to, &kind, &value);
+    if (err != IM_OK)
+        return err;
+    switch (kind) {
+    case NEXT_GOT:
+        *out = value;
+        return IM_OK;
+    case NEXT_NEED_INIT:
+        err = reserve(s, c, true, 0, raise_to);
+        break;
+    case NEXT_NEED_RESERVE:
+        err = reserve(s, c, false, value, raise_to);
+        break;
+    default:
+        return IM_EPARSE;
+    }
+    return err != IM_OK ? err : IM_EAGAIN;
+}
+
+/* After a failed attempt: reconnects a connection that was lost, once per call
+ * for each.  True when the caller should attempt again. */
+static bool recover(lg_seq_t *s, im_err_t err, bool *redis_done, bool *db_done)
+{
+    if (err == IM_EAGAIN)
+        return true;
+    if (!im_redis_is_open(s->redis) && !*redis_done) {
+        *redis_done = true;
+        return im_redis_reconnect(s->redis) == IM_OK;
+    }
+    if (!im_mysql_is_open(s->db) && !*db_done) {
+        *db_done = true;
+        return im_mysql_reconnect(s->db) == IM_OK;
+    }
+    return false;
+}
+
+im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out)
+{
+    bool redis_done = false, db_done = false;
+    uint64_t raise_to = 0;
+    im_err_t err = IM_EAGAIN;
+    call_t c;
+    unsigned round;
+
+    c.conv = conv;
+    c.conv_len = conv != NULL ? strlen(conv) : 0;
+    if (c.conv_len == 0 || c.conv_len > CONV_MAX)
+        return IM_EINVAL;
+    memcpy(c.key, KEY_PREFIX, sizeof(KEY_PREFIX) - 1);
+    memcpy(c.key + sizeof(KEY_PREFIX) - 1, conv, c.conv_len + 1);
+    for (round = 0; round < MAX_ROUNDS; round++) {
+        err = attempt(s, &c, &raise_to, out);
+        if (err == IM_OK || !recover(s, err, &redis_done, &db_done))
+            break;
+    }
+    if (err != IM_OK && err != IM_EAGAIN)
+        im_log_warn("lg_seq: conv %s: %s (last redis error: %s; last mysql error: %s)", conv,
+                    im_strerror(err), im_redis_error(s->redis), im_mysql_error(s->db));
+    return err;
+}

@@ -1,0 +1,59 @@
+/*
+ * lg_seq.h - per-conversation sequence numbers: 1, 2, 3, ... handed out by Redis,
+ * made durable by leases reserved in MariaDB (the segment scheme of Meituan Leaf).
+ *
+ * Guarantees, for each conversation, across any number of logic processes and
+ * across Redis restarts, FLUSHALL or lost keys:
+ *   - a seq is never handed out twice;
+ *   - seqs increase in the order they are handed out (each later lg_seq_next, in
+ *     any process, returns more than every earlier one returned);
+ *   - there may be gaps: at most one lease (step) after a Redis loss, and a seq
+ *     whose reply was lost on the way back from Redis is skipped.
+ * Seqs stay below 2^53 (Redis scripts compare them as doubles); at a million
+ * messages a second that is 285 years of one conversation.
+ *
+ * How, in short (the long version is at the top of lg_seq.c): the table
+ * conv_seq_reserve holds reserved_upto, a committed bound on every seq ever handed
+ * out; Redis only hands out seqs below a ceiling copied from a committed
+ * reserved_upto, and a counter lost in Redis restarts from reserved_upto.
+ *
+ * Redis memory: one hash per conversation that ever had a message, key
+ * "im:seq:<conv_id>", fields n (counter), c (ceiling), r (Redis run_id), no TTL:
+ * about 150 bytes per conversation (MEMORY USAGE, redis 7.0, 20-byte conv_id),
+ * 150 MB per million conversations.
+ */
+#ifndef LG_SEQ_H
+#define LG_SEQ_H
+
+#include <stdint.h>
+
+#include "im_err.h"
+#include "im_mysql.h"
+#include "im_redis.h"
+
+#define LG_SEQ_DEFAULT_STEP 1000
+
+typedef struct lg_seq_s lg_seq_t;
+
+/* An allocator over the two connections, which it borrows: they must outlive it
+ * and belong to the thread that calls lg_seq_next().  It prepares its statements
+ * on db now.  step is the lease size (seqs reserved per MariaDB transaction; 0
+ * means LG_SEQ_DEFAULT_STEP): larger means fewer transactions and larger gaps
+ * after a Redis loss.  Returns IM_OK and *out, or the error of preparing
+ * (conv_seq_reserve missing: IM_EIO).  Free with lg_seq_free(). */
+im_err_t lg_seq_new(im_redis_t *redis, im_mysql_t *db, uint64_t step, lg_seq_t **out);
+
+/* Frees s and its prepared statements (not the connections).  NULL is fine. */
+void lg_seq_free(lg_seq_t *s);
+
+/* The next seq of conversation conv (1..48 bytes, as messages.conv_id) in *out.
+ * Usually one Redis round trip; once per lease also a short MariaDB transaction.
+ * After a lost Redis or MariaDB connection it reconnects that connection once
+ * and goes on.  Returns IM_OK; IM_EINVAL for a bad conv; IM_EUNAVAIL or
+ * IM_ETIMEDOUT when a server stays unreachable; IM_EAGAIN when contention made it
+ * give up after several rounds (call again); another mapped error from the
+ * adapters.  On error no seq is returned (one lost with a Redis reply is a gap).
+ * The connections' thread only. */
+im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out);
+
+#endif

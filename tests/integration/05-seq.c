@@ -1,0 +1,596 @@
+/*
+ * 05-seq: the Redis adapter against a real server, then per-conversation seqs
+ * (logic/lg_seq) across leases, several allocators, lost keys, FLUSHALL, a stale
+ * hash from an earlier Redis run, a lost MariaDB row and a Redis restart.
+ *
+ * Conversations and keys carry a per-run tag.  FLUSHALL and the restart touch the
+ * whole Redis server of the infra fixture: they run last.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "im_mysql.h"
+#include "im_redis.h"
+#include "im_test.h"
+#include "im_time.h"
+#include "it_env.h"
+#include "lg_seq.h"
+
+#define LONG_RUN      10000
+#define THREAD_ALLOCS 5000
+#define SMALL_STEP    10
+
+static char run_tag[24];
+static im_redis_t *rd, *rd2;
+static im_mysql_t *db, *db2;
+
+/* ---------------------------------------------------------------- helpers */
+
+static void conv_name(char *buf, size_t size, const char *test)
+{
+    snprintf(buf, size, "t:%s:%s", run_tag, test);
+}
+
+static im_redis_t *redis_open(void)
+{
+    im_redis_config_t cfg = {.host = it_env("IM_REDIS_HOST"),
+                             .port = it_env_port("IM_REDIS_PORT"),
+                             .name = "05-seq"};
+    char err[256];
+    im_redis_t *r = im_redis_connect(&cfg, err, sizeof(err));
+
+    if (r == NULL)
+        IM__FAIL("%s", err);
+    return r;
+}
+
+static im_mysql_t *mysql_open(void)
+{
+    im_mysql_config_t cfg = {.host = it_env("IM_MYSQL_HOST"),
+                             .port = it_env_port("IM_MYSQL_PORT"),
+                             .user = it_env("IM_MYSQL_USER"),
+                             .password = it_env("IM_MYSQL_PASSWORD"),
+                             .db = it_env("IM_MYSQL_DB"),
+                             .name = "05-seq"};
+    char err[256];
+    im_mysql_t *m = im_mysql_connect(&cfg, err, sizeof(err));
+
+    if (m == NULL)
+        IM__FAIL("%s", err);
+    return m;
+}
+
+static void redis_ok(im_redis_t *r, const char *cmd, const char *arg)
+{
+    im_err_t err = im_redis_command(r, NULL, cmd, arg);
+
+    if (err != IM_OK)
+        IM__FAIL("%s %s: %s (%s)", cmd, arg, im_errname(err), im_redis_error(r));
+}
+
+static uint64_t reserved_upto(const char *conv)
+{
+    im_mysql_stmt_t *st;
+    uint64_t v;
+
+    ASSERT_EQ(im_mysql_prepare(db, "SELECT reserved_upto FROM conv_seq_reserve WHERE conv_id = ?",
+                               &st),
+              IM_OK);
+    im_mysql_bind_str(st, 0, conv, strlen(conv));
+    ASSERT_EQ(im_mysql_stmt_exec(st), IM_OK);
+    if (im_mysql_stmt_next(st) != IM_OK) {
+        im_mysql_stmt_free(st);
+        IM__FAIL("no conv_seq_reserve row for %s", conv);
+    }
+    v = im_mysql_col_u64(st, 0);
+    im_mysql_stmt_free(st);
+    return v;
+}
+
+static lg_seq_t *seq_new(im_redis_t *r, im_mysql_t *m, uint64_t step)
+{
+    lg_seq_t *s = NULL;
+
+    ASSERT_EQ(lg_seq_new(r, m, step, &s), IM_OK);
+    return s;
+}
+
+static uint64_t next(lg_seq_t *s, const char *conv)
+{
+    uint64_t v = 0;
+    im_err_t err = lg_seq_next(s, conv, &v);
+
+    if (err != IM_OK)
+        IM__FAIL("lg_seq_next(%s): %s", conv, im_errname(err));
+    return v;
+}
+
+/* Allocates n seqs, each greater than *last, which it advances. */
+static void next_n(lg_seq_t *s, const char *conv, unsigned n, uint64_t *last)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
+        uint64_t v = next(s, conv);
+
+        if (v <= *last)
+            IM__FAIL("%s: seq %" PRIu64 " after %" PRIu64, conv, v, *last);
+        *last = v;
+    }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Fails on a repeated value in v[0..n) (sorts v). */
+static void assert_unique(uint64_t *v, size_t n)
+{
+    size_t i;
+
+    qsort(v, n, sizeof(*v), cmp_u64);
+    for (i = 1; i < n; i++)
+        if (v[i] == v[i - 1])
+            IM__FAIL("seq %" PRIu64 " handed out twice", v[i]);
+}
+
+/* ---------------------------------------------------------------- adapter */
+
+TEST(redis_connect)
+{
+    rd = redis_open();
+    rd2 = redis_open();
+    db = mysql_open();
+    db2 = mysql_open();
+}
+
+TEST(redis_commands_and_replies)
+{
+    char key[64], hkey[64];
+    const char *argv[] = {"HSET", hkey, "bin", "a\0b c", "n", "42"};
+    const size_t lens[] = {4, 0, 3, 5, 1, 2};
+    size_t argl[6], len;
+    im_redis_reply_t *rep;
+    uint64_t v;
+
+    snprintf(key, sizeof(key), "it:05:%s:s", run_tag);
+    snprintf(hkey, sizeof(hkey), "it:05:%s:h", run_tag);
+    memcpy(argl, lens, sizeof(argl));
+    argl[1] = strlen(hkey);
+
+    ASSERT_EQ(im_redis_command(rd, &rep, "SET %s %s PX %d", key, "two words", 60000), IM_OK);
+    ASSERT_EQ(im_redis_reply_type(rep), IM_REDIS_STATUS);
+    ASSERT_STR_EQ(im_redis_reply_str(rep, NULL), "OK");
+    im_redis_reply_free(rep);
+    ASSERT_EQ(im_redis_command(rd, &rep, "GET %s", key), IM_OK);
+    ASSERT_STR_EQ(im_redis_reply_str(rep, &len), "two words");
+    ASSERT_EQ(len, 9);
+    ASSERT_EQ(im_redis_reply_u64(rep, &v), IM_EPARSE);
+    im_redis_reply_free(rep);
+
+    ASSERT_EQ(im_redis_command_argv(rd, &rep, 6, argv, argl), IM_OK);
+    ASSERT_EQ(im_redis_reply_type(rep), IM_REDIS_INT);
+    ASSERT_EQ(im_redis_reply_int(rep), 2);
+    im_redis_reply_free(rep);
+    ASSERT_EQ(im_redis_command(rd, &rep, "HMGET %s bin n missing", hkey), IM_OK);
+    ASSERT_EQ(im_redis_reply_count(rep), 3);
+    ASSERT_MEM_EQ(im_redis_reply_str(im_redis_reply_elem(rep, 0), &len), "a\0b c", 5);
+    ASSERT_EQ(len, 5);
+    ASSERT_EQ(im_redis_reply_u64(im_redis_reply_elem(rep, 1), &v), IM_OK);
+    ASSERT_U64_EQ(v, 42);
+    ASSERT_EQ(im_redis_reply_type(im_redis_reply_elem(rep, 2)), IM_REDIS_NIL);
+    ASSERT_EQ(im_redis_reply_u64(im_redis_reply_elem(rep, 2), &v), IM_ENOENT);
+    ASSERT_NULL(im_redis_reply_elem(rep, 3));
+    im_redis_reply_free(rep);
+
+    /* An error reply maps to a code, keeps the text and leaves the connection up. */
+    ASSERT_EQ(im_redis_command(rd, &rep, "INCR %s", hkey), IM_EINVAL);
+    ASSERT_NULL(rep);
+    ASSERT_EQ(strncmp(im_redis_error(rd), "WRONGTYPE", 9), 0);
+    ASSERT_EQ(im_redis_command(rd, NULL, "NOSUCHCOMMAND"), IM_EIO);
+    ASSERT_TRUE(im_redis_is_open(rd));
+    ASSERT_EQ(im_redis_command(rd, NULL, "DEL %s %s", key, hkey), IM_OK);
+}
+
+TEST(redis_pipeline)
+{
+    char set[64];
+    im_redis_reply_t *rep;
+    int i;
+
+    snprintf(set, sizeof(set), "it:05:%s:set", run_tag);
+    ASSERT_EQ(im_redis_append(rd, "SADD %s %s", set, "a"), IM_OK);
+    ASSERT_EQ(im_redis_append(rd, "SADD %s %s", set, "b"), IM_OK);
+    ASSERT_EQ(im_redis_append(rd, "INCR %s", set), IM_OK);
+    ASSERT_EQ(im_redis_append(rd, "SREM %s %s", set, "a"), IM_OK);
+    ASSERT_EQ(im_redis_command(rd, NULL, "PING"), IM_EINVAL); /* replies pending */
+    for (i = 0; i < 2; i++) {
+        ASSERT_EQ(im_redis_get_reply(rd, &rep), IM_OK);
+        ASSERT_EQ(im_redis_reply_int(rep), 1);
+        im_redis_reply_free(rep);
+    }
+    ASSERT_EQ(im_redis_get_reply(rd, &rep), IM_EINVAL); /* WRONGTYPE, then on */
+    ASSERT_EQ(im_redis_get_reply(rd, NULL), IM_OK);
+    ASSERT_EQ(im_redis_get_reply(rd, NULL), IM_EINVAL); /* none pending */
+    ASSERT_EQ(im_redis_command(rd, &rep, "SMEMBERS %s", set), IM_OK);
+    ASSERT_EQ(im_redis_reply_count(rep), 1);
+    ASSERT_STR_EQ(im_redis_reply_str(im_redis_reply_elem(rep, 0), NULL), "b");
+    im_redis_reply_free(rep);
+    ASSERT_EQ(im_redis_command(rd, NULL, "DEL %s", set), IM_OK);
+}
+
+TEST(redis_script_survives_script_flush)
+{
+    static const char body[] = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    im_redis_script_t script = IM_REDIS_SCRIPT_INIT(body);
+    char key[64];
+    const char *args[] = {key, "5"};
+    im_redis_reply_t *rep;
+
+    snprintf(key, sizeof(key), "it:05:%s:script", run_tag);
+    ASSERT_EQ(im_redis_eval(rd, &script, 1, 2, args, NULL, &rep), IM_OK);
+    ASSERT_EQ(im_redis_reply_int(rep), 5);
+    im_redis_reply_free(rep);
+    ASSERT_EQ(strlen(script.sha1), 40);
+    ASSERT_EQ(im_redis_command(rd, NULL, "SCRIPT FLUSH"), IM_OK);
+    ASSERT_EQ(im_redis_eval(rd, &script, 1, 2, args, NULL, &rep), IM_OK);
+    ASSERT_EQ(im_redis_reply_int(rep), 10);
+    im_redis_reply_free(rep);
+    ASSERT_EQ(im_redis_eval(rd, &script, 3, 2, args, NULL, NULL), IM_EINVAL);
+    ASSERT_EQ(im_redis_command(rd, NULL, "DEL %s", key), IM_OK);
+}
+
+/* A connection killed by the server fails once, refuses until reconnected, then
+ * works again with a fresh session. */
+TEST(redis_lost_connection_and_reconnect)
+{
+    im_redis_reply_t *rep;
+    long long id;
+
+    ASSERT_EQ(im_redis_command(rd2, &rep, "CLIENT ID"), IM_OK);
+    id = im_redis_reply_int(rep);
+    im_redis_reply_free(rep);
+    ASSERT_EQ(im_redis_command(rd, NULL, "CLIENT KILL ID %lld", id), IM_OK);
+    ASSERT_EQ(im_redis_command(rd2, NULL, "PING"), IM_EUNAVAIL);
+    ASSERT_TRUE(!im_redis_is_open(rd2));
+    ASSERT_EQ(im_redis_command(rd2, NULL, "PING"), IM_EUNAVAIL);
+    ASSERT_EQ(im_redis_append(rd2, "PING"), IM_EUNAVAIL);
+    ASSERT_EQ(im_redis_reconnect(rd2), IM_OK);
+    ASSERT_EQ(im_redis_command(rd2, &rep, "PING"), IM_OK);
+    ASSERT_STR_EQ(im_redis_reply_str(rep, NULL), "PONG");
+    im_redis_reply_free(rep);
+}
+
+TEST(redis_connect_refused)
+{
+    im_redis_config_t cfg = {.host = "127.0.0.1", .port = 1, .connect_timeout_ms = 500};
+    char err[256] = "";
+
+    ASSERT_NULL(im_redis_connect(&cfg, err, sizeof(err)));
+    ASSERT_TRUE(strstr(err, "127.0.0.1:1") != NULL);
+}
+
+/* ---------------------------------------------------------------- seqs */
+
+TEST(seq_first_use_starts_at_1)
+{
+    char conv[64];
+    lg_seq_t *s = seq_new(rd, db, 0);
+
+    conv_name(conv, sizeof(conv), "first");
+    ASSERT_U64_EQ(next(s, conv), 1);
+    ASSERT_U64_EQ(next(s, conv), 2);
+    ASSERT_U64_EQ(reserved_upto(conv), LG_SEQ_DEFAULT_STEP);
+    ASSERT_EQ(lg_seq_next(s, "", NULL), IM_EINVAL);
+    ASSERT_EQ(lg_seq_next(s, "0123456789012345678901234567890123456789012345678", NULL),
+              IM_EINVAL);
+    lg_seq_free(s);
+}
+
+TEST(seq_10000_strictly_increasing)
+{
+    char conv[64], key[80];
+    lg_seq_t *s = seq_new(rd, db, 0);
+    uint64_t last = 0, t0;
+    im_redis_reply_t *rep;
+
+    conv_name(conv, sizeof(conv), "long");
+    t0 = im_mono_ns();
+    next_n(s, conv, LONG_RUN, &last);
+    printf("  %d allocations on one conv: %.0f/s (step %d)\n", LONG_RUN,
+           LONG_RUN / ((double)(im_mono_ns() - t0) / 1e9), LG_SEQ_DEFAULT_STEP);
+    ASSERT_U64_EQ(last, LONG_RUN); /* one allocator, no loss: no gaps */
+    snprintf(key, sizeof(key), "im:seq:%s", conv);
+    ASSERT_EQ(im_redis_command(rd, &rep, "MEMORY USAGE %s", key), IM_OK);
+    printf("  redis memory for this conv: %lld bytes\n", im_redis_reply_int(rep));
+    im_redis_reply_free(rep);
+    lg_seq_free(s);
+}
+
+/* Two allocators, like two logic processes, taking turns in irregular runs. */
+TEST(seq_two_allocators_interleaved)
+{
+    char conv[64];
+    lg_seq_t *a = seq_new(rd, db, SMALL_STEP), *b = seq_new(rd2, db2, SMALL_STEP);
+    uint64_t all[2000], last_a = 0, last_b = 0;
+    size_t n = 0;
+
+    conv_name(conv, sizeof(conv), "two");
+    while (n < 2000) {
+        unsigned run = (unsigned)(n % 7) + 1, i;
+
+        for (i = 0; i < run && n < 2000; i++) {
+            next_n(a, conv, 1, &last_a);
+            all[n++] = last_a;
+        }
+        for (i = 0; i < run + 2 && n < 2000; i++) {
+            next_n(b, conv, 1, &last_b);
+            all[n++] = last_b;
+        }
+    }
+    assert_unique(all, n);
+    lg_seq_free(a);
+    lg_seq_free(b);
+}
+
+typedef struct {
+    const char *conv;
+    uint64_t got[THREAD_ALLOCS];
+    im_err_t err;
+    bool increasing;
+} worker_t;
+
+/* Each thread has its own connections and allocator, as a process would. */
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    im_redis_config_t rcfg = {.host = it_env("IM_REDIS_HOST"),
+                              .port = it_env_port("IM_REDIS_PORT")};
+    im_mysql_config_t mcfg = {.host = it_env("IM_MYSQL_HOST"),
+                              .port = it_env_port("IM_MYSQL_PORT"),
+                              .user = it_env("IM_MYSQL_USER"),
+                              .password = it_env("IM_MYSQL_PASSWORD"),
+                              .db = it_env("IM_MYSQL_DB")};
+    im_redis_t *r = im_redis_connect(&rcfg, NULL, 0);
+    im_mysql_t *m = im_mysql_connect(&mcfg, NULL, 0);
+    lg_seq_t *s = NULL;
+    unsigned i;
+
+    w->err = r == NULL || m == NULL ? IM_EUNAVAIL : lg_seq_new(r, m, SMALL_STEP, &s);
+    w->increasing = true;
+    for (i = 0; w->err == IM_OK && i < THREAD_ALLOCS; i++) {
+        w->err = lg_seq_next(s, w->conv, &w->got[i]);
+        if (i > 0 && w->got[i] <= w->got[i - 1])
+            w->increasing = false;
+    }
+    lg_seq_free(s);
+    im_mysql_close(m);
+    im_redis_close(r);
+    return NULL;
+}
+
+TEST(seq_concurrent_threads_no_duplicates)
+{
+    static worker_t w[2];
+    static uint64_t all[2 * THREAD_ALLOCS];
+    pthread_t th[2];
+    char conv[64];
+    int i;
+
+    conv_name(conv, sizeof(conv), "threads");
+    for (i = 0; i < 2; i++) {
+        w[i].conv = conv;
+        ASSERT_EQ(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (i = 0; i < 2; i++) {
+        if (w[i].err != IM_OK)
+            IM__FAIL("worker %d: %s", i, im_errname(w[i].err));
+        ASSERT_TRUE(w[i].increasing);
+        memcpy(all + i * THREAD_ALLOCS, w[i].got, sizeof(w[i].got));
+    }
+    assert_unique(all, 2 * THREAD_ALLOCS);
+}
+
+TEST(seq_convs_independent)
+{
+    char x[64], y[64];
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP);
+    uint64_t i;
+
+    conv_name(x, sizeof(x), "indep-x");
+    conv_name(y, sizeof(y), "indep-y");
+    for (i = 1; i <= 50; i++) {
+        ASSERT_U64_EQ(next(s, x), i);
+        ASSERT_U64_EQ(next(s, y), 2 * i - 1);
+        ASSERT_U64_EQ(next(s, y), 2 * i);
+    }
+    lg_seq_free(s);
+}
+
+TEST(seq_step_crossing)
+{
+    char conv[64];
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP);
+    uint64_t i;
+
+    conv_name(conv, sizeof(conv), "step");
+    for (i = 1; i <= 1000; i++)
+        ASSERT_U64_EQ(next(s, conv), i);
+    ASSERT_U64_EQ(reserved_upto(conv), 1000);
+    ASSERT_U64_EQ(next(s, conv), 1001);
+    ASSERT_U64_EQ(reserved_upto(conv), 1010);
+    lg_seq_free(s);
+}
+
+TEST(seq_key_deleted_midstream)
+{
+    char conv[64], key[80];
+    lg_seq_t *s = seq_new(rd, db, 0);
+    uint64_t last = 0;
+
+    conv_name(conv, sizeof(conv), "del");
+    snprintf(key, sizeof(key), "im:seq:%s", conv);
+    next_n(s, conv, 100, &last);
+    redis_ok(rd, "DEL %s", key);
+    next_n(s, conv, 1, &last);
+    ASSERT_U64_EQ(last, LG_SEQ_DEFAULT_STEP + 1); /* the gap is the rest of the lease */
+    next_n(s, conv, 100, &last);
+    lg_seq_free(s);
+}
+
+/* A hash brought back from an RDB/AOF file of an earlier server run may hold an
+ * old counter: it must count as lost. */
+TEST(seq_stale_hash_from_other_run)
+{
+    char conv[64], key[80];
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP);
+    uint64_t last = 0;
+    im_err_t err;
+
+    conv_name(conv, sizeof(conv), "stale");
+    snprintf(key, sizeof(key), "im:seq:%s", conv);
+    next_n(s, conv, 25, &last);
+    err = im_redis_command(rd, NULL, "HSET %s n 3 c 1000 r %s", key,
+                           "0123456789012345678901234567890123456789");
+    ASSERT_EQ(err, IM_OK);
+    next_n(s, conv, 1, &last);
+    ASSERT_U64_EQ(last, 31);
+    lg_seq_free(s);
+}
+
+/* The MariaDB row reset under a live Redis counter: reserving starts above the
+ * counter, not above the row. */
+TEST(seq_db_row_lost_under_live_redis)
+{
+    char conv[64];
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP);
+    im_mysql_stmt_t *del;
+    uint64_t last = 0;
+
+    conv_name(conv, sizeof(conv), "rowlost");
+    next_n(s, conv, 15, &last);
+    ASSERT_EQ(im_mysql_prepare(db, "DELETE FROM conv_seq_reserve WHERE conv_id = ?", &del), IM_OK);
+    im_mysql_bind_str(del, 0, conv, strlen(conv));
+    ASSERT_EQ(im_mysql_stmt_exec(del), IM_OK);
+    im_mysql_stmt_free(del);
+    next_n(s, conv, 10, &last);
+    ASSERT_U64_EQ(last, 25);
+    ASSERT_U64_EQ(reserved_upto(conv), 30);
+    lg_seq_free(s);
+}
+
+TEST(seq_flushall)
+{
+    char conv[64];
+    lg_seq_t *a = seq_new(rd, db, 0), *b = seq_new(rd2, db2, 0);
+    uint64_t last_a = 0, last_b = 0;
+
+    conv_name(conv, sizeof(conv), "flush");
+    next_n(a, conv, 10, &last_a);
+    next_n(b, conv, 10, &last_b);
+    redis_ok(rd, "FLUSHALL%s", "");
+    next_n(b, conv, 1, &last_b);
+    ASSERT_GT(last_b, last_a);
+    next_n(a, conv, 1, &last_a);
+    ASSERT_GT(last_a, last_b);
+    lg_seq_free(a);
+    lg_seq_free(b);
+}
+
+/* SHUTDOWN NOSAVE, then scripts/infra.sh up (found from this file's path) starts
+ * the same server again: the allocator's connection is dead, it reconnects and
+ * continues above everything handed out before. */
+TEST(seq_redis_restart)
+{
+    char conv[64], cmd[1024], pidfile[1024];
+    const char *tail = "tests/integration/05-seq.c";
+    size_t dir_len = strlen(__FILE__) - strlen(tail);
+    lg_seq_t *s = seq_new(rd, db, 0);
+    im_redis_t *admin = redis_open();
+    uint64_t last = 0, t0;
+    const char *old_id, *new_id;
+    char old_run[41];
+    FILE *f;
+    long pid = 0;
+
+    ASSERT_TRUE(strlen(__FILE__) >= strlen(tail));
+    ASSERT_STR_EQ(__FILE__ + dir_len, tail);
+    conv_name(conv, sizeof(conv), "restart");
+    next_n(s, conv, 10, &last);
+    ASSERT_EQ(im_redis_run_id(rd, &old_id), IM_OK);
+    snprintf(old_run, sizeof(old_run), "%s", old_id);
+
+    snprintf(pidfile, sizeof(pidfile), "%s/redis.pid", it_env("IM_STATE_DIR"));
+    f = fopen(pidfile, "r");
+    ASSERT_NOT_NULL(f);
+    ASSERT_EQ(fscanf(f, "%ld", &pid), 1);
+    fclose(f);
+    ASSERT_EQ(im_redis_command(admin, NULL, "SHUTDOWN NOSAVE"), IM_EUNAVAIL);
+    im_redis_close(admin);
+    for (t0 = im_mono_ms(); kill((pid_t)pid, 0) == 0 && im_mono_ms() - t0 < 10000;)
+        usleep(10000);
+    snprintf(cmd, sizeof(cmd), "'%.*sscripts/infra.sh' up >/dev/null", (int)dir_len, __FILE__);
+    ASSERT_EQ(system(cmd), 0);
+
+    next_n(s, conv, 1, &last);
+    ASSERT_U64_EQ(last, LG_SEQ_DEFAULT_STEP + 1);
+    ASSERT_EQ(im_redis_run_id(rd, &new_id), IM_OK);
+    ASSERT_TRUE(strcmp(old_run, new_id) != 0);
+    next_n(s, conv, 10, &last);
+    lg_seq_free(s);
+}
+
+TEST(cleanup)
+{
+    char sql[256];
+
+    ASSERT_NOT_NULL(db);
+    snprintf(sql, sizeof(sql), "DELETE FROM conv_seq_reserve WHERE conv_id LIKE 't:%s:%%'",
+             run_tag);
+    ASSERT_EQ(im_mysql_exec(db, sql), IM_OK);
+}
+
+int main(void)
+{
+    if (it_env_load() != IM_OK)
+        return 1;
+    snprintf(run_tag, sizeof(run_tag), "%ld-%" PRIu64, (long)getpid(), im_wall_ms() % 100000000);
+
+    RUN(redis_connect);
+    RUN(redis_commands_and_replies);
+    RUN(redis_pipeline);
+    RUN(redis_script_survives_script_flush);
+    RUN(redis_lost_connection_and_reconnect);
+    RUN(redis_connect_refused);
+    RUN(seq_first_use_starts_at_1);
+    RUN(seq_10000_strictly_increasing);
+    RUN(seq_two_allocators_interleaved);
+    RUN(seq_concurrent_threads_no_duplicates);
+    RUN(seq_convs_independent);
+    RUN(seq_step_crossing);
+    RUN(seq_key_deleted_midstream);
+    RUN(seq_stale_hash_from_other_run);
+    RUN(seq_db_row_lost_under_live_redis);
+    RUN(seq_flushall);
+    RUN(seq_redis_restart);
+    RUN(cleanup);
+
+    im_redis_close(rd);
+    im_redis_close(rd2);
+    im_mysql_close(db);
+    im_mysql_close(db2);
+    im_mysql_library_end();
+    return im_test_done();
+}
