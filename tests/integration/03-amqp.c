@@ -20,6 +20,7 @@
 #include "im_test.h"
 #include "im_time.h"
 #include "it_env.h"
+#include "it_servers.h"
 
 #define WAIT_MS      10000
 #define BULK_COUNT   2000
@@ -51,19 +52,11 @@ static void confirm_cb(uint64_t seqno, im_err_t result, void *arg)
 
 static im_amqp_conn_t *connect_as(const char *name)
 {
-    im_amqp_config_t cfg = {
-        .host = it_env("IM_AMQP_HOST"),
-        .port = it_env_port("IM_AMQP_PORT"),
-        .user = it_env("IM_AMQP_USER"),
-        .password = it_env("IM_AMQP_PASSWORD"),
-        .vhost = it_env("IM_AMQP_VHOST"),
-        .name = name,
-        .heartbeat_s = 30,
-        .timeout_ms = WAIT_MS,
-    };
+    im_amqp_config_t cfg = it_amqp_config(name);
     char err[256];
     im_amqp_conn_t *conn;
 
+    cfg.timeout_ms = WAIT_MS;
     ASSERT_NOT_NULL(cfg.host);
     ASSERT_NOT_NULL(cfg.user);
     ASSERT_NOT_NULL(cfg.password);
@@ -163,13 +156,10 @@ TEST(connect_refused_has_reason)
 
 TEST(connect_bad_password_is_auth_error)
 {
-    im_amqp_config_t cfg = {.host = it_env("IM_AMQP_HOST"),
-                            .port = it_env_port("IM_AMQP_PORT"),
-                            .user = "im",
-                            .password = "wrong",
-                            .name = "it-badpw"};
+    im_amqp_config_t cfg = it_amqp_config("it-badpw");
     char err[256] = "";
 
+    cfg.password = "wrong";
     ASSERT_NOT_NULL(cfg.host);
     ASSERT_NULL(im_amqp_connect(&cfg, err, sizeof(err)));
     ASSERT_TRUE(strstr(err, "403") != NULL);

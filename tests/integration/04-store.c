@@ -20,6 +20,7 @@
 #include "im_mysql.h"
 #include "im_test.h"
 #include "it_env.h"
+#include "it_servers.h"
 #include "lg_store.h"
 
 #define BATCH     500
@@ -104,18 +105,12 @@ static im_err_t store_batch(tmsg_t *ts, size_t n, lg_store_result_t *res)
 
 static im_mysql_t *connect_db(const char *name)
 {
-    im_mysql_config_t cfg = {
-        .host = it_env("IM_MYSQL_HOST"),
-        .port = it_env_port("IM_MYSQL_PORT"),
-        .user = it_env("IM_MYSQL_USER"),
-        .password = it_env("IM_MYSQL_PASSWORD"),
-        .db = it_env("IM_MYSQL_DB"),
-        .name = name,
-        .read_timeout_s = 20,
-    };
+    im_mysql_config_t cfg = it_mysql_config(name);
     char err[512];
-    im_mysql_t *c = im_mysql_connect(&cfg, err, sizeof(err));
+    im_mysql_t *c;
 
+    cfg.read_timeout_s = 20;
+    c = im_mysql_connect(&cfg, err, sizeof(err));
     if (c == NULL)
         IM__FAIL("%s", err);
     return c;

@@ -21,6 +21,7 @@
 #include "im_test.h"
 #include "im_time.h"
 #include "it_env.h"
+#include "it_servers.h"
 #include "lg_seq.h"
 
 #define LONG_RUN      10000
@@ -36,35 +37,6 @@ static im_mysql_t *db, *db2;
 static void conv_name(char *buf, size_t size, const char *test)
 {
     snprintf(buf, size, "t:%s:%s", run_tag, test);
-}
-
-static im_redis_t *redis_open(void)
-{
-    im_redis_config_t cfg = {.host = it_env("IM_REDIS_HOST"),
-                             .port = it_env_port("IM_REDIS_PORT"),
-                             .name = "05-seq"};
-    char err[256];
-    im_redis_t *r = im_redis_connect(&cfg, err, sizeof(err));
-
-    if (r == NULL)
-        IM__FAIL("%s", err);
-    return r;
-}
-
-static im_mysql_t *mysql_open(void)
-{
-    im_mysql_config_t cfg = {.host = it_env("IM_MYSQL_HOST"),
-                             .port = it_env_port("IM_MYSQL_PORT"),
-                             .user = it_env("IM_MYSQL_USER"),
-                             .password = it_env("IM_MYSQL_PASSWORD"),
-                             .db = it_env("IM_MYSQL_DB"),
-                             .name = "05-seq"};
-    char err[256];
-    im_mysql_t *m = im_mysql_connect(&cfg, err, sizeof(err));
-
-    if (m == NULL)
-        IM__FAIL("%s", err);
-    return m;
 }
 
 static void redis_ok(im_redis_t *r, const char *cmd, const char *arg)
@@ -148,10 +120,10 @@ static void assert_unique(uint64_t *v, size_t n)
 
 TEST(redis_connect)
 {
-    rd = redis_open();
-    rd2 = redis_open();
-    db = mysql_open();
-    db2 = mysql_open();
+    rd = it_redis_connect("05-seq");
+    rd2 = it_redis_connect("05-seq");
+    db = it_mysql_connect("05-seq");
+    db2 = it_mysql_connect("05-seq");
 }
 
 TEST(redis_commands_and_replies)
@@ -354,13 +326,8 @@ typedef struct {
 static void *worker_main(void *arg)
 {
     worker_t *w = arg;
-    im_redis_config_t rcfg = {.host = it_env("IM_REDIS_HOST"),
-                              .port = it_env_port("IM_REDIS_PORT")};
-    im_mysql_config_t mcfg = {.host = it_env("IM_MYSQL_HOST"),
-                              .port = it_env_port("IM_MYSQL_PORT"),
-                              .user = it_env("IM_MYSQL_USER"),
-                              .password = it_env("IM_MYSQL_PASSWORD"),
-                              .db = it_env("IM_MYSQL_DB")};
+    im_redis_config_t rcfg = it_redis_config("05-seq-worker");
+    im_mysql_config_t mcfg = it_mysql_config("05-seq-worker");
     im_redis_t *r = im_redis_connect(&rcfg, NULL, 0);
     im_mysql_t *m = im_mysql_connect(&mcfg, NULL, 0);
     lg_seq_t *s = NULL;
@@ -518,7 +485,7 @@ TEST(seq_redis_restart)
     const char *tail = "tests/integration/05-seq.c";
     size_t dir_len = strlen(__FILE__) - strlen(tail);
     lg_seq_t *s = seq_new(rd, db, 0);
-    im_redis_t *admin = redis_open();
+    im_redis_t *admin = it_redis_connect("05-seq");
     uint64_t last = 0, t0;
     const char *old_id, *new_id;
     char old_run[41];

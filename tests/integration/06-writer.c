@@ -16,6 +16,7 @@
 #include "im_test.h"
 #include "im_time.h"
 #include "it_env.h"
+#include "it_servers.h"
 #include "lg_writer.h"
 
 #define MAX_IDS 20000
@@ -72,19 +73,6 @@ static size_t sink_rows(void)
     n = sink.rows;
     pthread_mutex_unlock(&sink.lock);
     return n;
-}
-
-static im_amqp_config_t amqp_cfg(const char *name)
-{
-    im_amqp_config_t c = {0};
-    c.host = it_env("IM_AMQP_HOST");
-    c.port = it_env_port("IM_AMQP_PORT");
-    c.user = it_env("IM_AMQP_USER");
-    c.password = it_env("IM_AMQP_PASSWORD");
-    c.vhost = it_env("IM_AMQP_VHOST");
-    c.name = name;
-    c.heartbeat_s = 30;
-    return c;
 }
 
 static void unique_queue(char *buf, size_t len, const char *what)
@@ -159,7 +147,7 @@ static lg_writer_t *start_writer(const char *queue, unsigned batch, unsigned sto
     lg_writer_t *w;
 
     lg_writer_config_default(&cfg);
-    cfg.amqp = amqp_cfg("it06-writer");
+    cfg.amqp = it_amqp_config("it06-writer");
     cfg.queue = queue;
     cfg.batch_size = batch;
     cfg.prefetch = batch * 2;
@@ -172,19 +160,9 @@ static lg_writer_t *start_writer(const char *queue, unsigned batch, unsigned sto
     return w;
 }
 
-static im_amqp_conn_t *connect_or_fail(const char *name)
-{
-    im_amqp_config_t c = amqp_cfg(name);
-    char err[256];
-    im_amqp_conn_t *conn = im_amqp_connect(&c, err, sizeof(err));
-    if (conn == NULL)
-        IM__FAIL("connect: %s", err);
-    return conn;
-}
-
 TEST(drains_everything_in_batches_and_acks_it)
 {
-    im_amqp_conn_t *conn = connect_or_fail("it06-main");
+    im_amqp_conn_t *conn = it_amqp_connect("it06-main");
     char queue[96];
     lg_writer_stats_t st;
     lg_writer_t *w;
@@ -210,7 +188,7 @@ TEST(drains_everything_in_batches_and_acks_it)
 
 TEST(failed_flushes_are_retried_and_lose_nothing)
 {
-    im_amqp_conn_t *conn = connect_or_fail("it06-main");
+    im_amqp_conn_t *conn = it_amqp_connect("it06-main");
     char queue[96];
     lg_writer_stats_t st;
     lg_writer_t *w;
@@ -236,7 +214,7 @@ TEST(failed_flushes_are_retried_and_lose_nothing)
  * it stops every message is back in the queue, ready for the next writer. */
 TEST(no_ack_without_commit)
 {
-    im_amqp_conn_t *conn = connect_or_fail("it06-main");
+    im_amqp_conn_t *conn = it_amqp_connect("it06-main");
     char queue[96];
     lg_writer_stats_t st;
     lg_writer_t *w;
@@ -285,7 +263,7 @@ TEST(no_ack_without_commit)
 
 TEST(poison_is_rejected_and_does_not_wedge_the_queue)
 {
-    im_amqp_conn_t *conn = connect_or_fail("it06-main");
+    im_amqp_conn_t *conn = it_amqp_connect("it06-main");
     im_amqp_publisher_t *pub;
     char queue[96];
     lg_writer_stats_t st;
@@ -317,7 +295,7 @@ TEST(poison_is_rejected_and_does_not_wedge_the_queue)
 /* Two logic instances drain one queue: every message lands, none twice. */
 TEST(two_writers_share_a_queue)
 {
-    im_amqp_conn_t *conn = connect_or_fail("it06-main");
+    im_amqp_conn_t *conn = it_amqp_connect("it06-main");
     char queue[96];
     lg_writer_stats_t a, b;
     lg_writer_t *w1, *w2;

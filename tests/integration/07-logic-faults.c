@@ -22,6 +22,7 @@
 #include "im_test.h"
 #include "im_time.h"
 #include "it_env.h"
+#include "it_servers.h"
 
 #define TOTAL 20000
 
@@ -48,40 +49,6 @@ static pid_t start_logic(void)
         _exit(127);
     }
     return pid;
-}
-
-static im_amqp_conn_t *amqp_connect(void)
-{
-    im_amqp_config_t c = {
-        .host = it_env("IM_AMQP_HOST"),
-        .port = it_env_port("IM_AMQP_PORT"),
-        .user = it_env("IM_AMQP_USER"),
-        .password = it_env("IM_AMQP_PASSWORD"),
-        .vhost = it_env("IM_AMQP_VHOST"),
-        .name = "it07",
-    };
-    char err[256];
-    im_amqp_conn_t *conn = im_amqp_connect(&c, err, sizeof(err));
-    if (conn == NULL)
-        IM__FAIL("amqp connect: %s", err);
-    return conn;
-}
-
-static im_mysql_t *mysql_connect(void)
-{
-    im_mysql_config_t c = {
-        .host = it_env("IM_MYSQL_HOST"),
-        .port = it_env_port("IM_MYSQL_PORT"),
-        .user = it_env("IM_MYSQL_USER"),
-        .password = it_env("IM_MYSQL_PASSWORD"),
-        .db = it_env("IM_MYSQL_DB"),
-        .name = "it07",
-    };
-    char err[256];
-    im_mysql_t *db = im_mysql_connect(&c, err, sizeof(err));
-    if (db == NULL)
-        IM__FAIL("mysql connect: %s", err);
-    return db;
 }
 
 /* Rows of our conversation, and how many distinct seqs they have. */
@@ -128,10 +95,10 @@ static void publish(im_amqp_publisher_t *pub, im_idgen_t *ids, uint64_t first, u
 
 TEST(kill9_mid_batch_then_restart_stores_each_message_once)
 {
-    im_amqp_conn_t *amqp = amqp_connect();
+    im_amqp_conn_t *amqp = it_amqp_connect("it07");
     im_amqp_publisher_t *pub = im_amqp_publisher_new(amqp, 256, NULL, NULL);
     im_amqp_queue_opts_t q = {.name = queue, .durable = true};
-    im_mysql_t *db = mysql_connect();
+    im_mysql_t *db = it_mysql_connect("it07");
     im_mysql_stmt_t *st;
     im_idgen_t ids;
     uint64_t rows = 0, distinct = 0, t0;
@@ -206,10 +173,10 @@ static void infra(const char *args)
 
 TEST(mysql_down_under_load_no_loss_backlog_drains)
 {
-    im_amqp_conn_t *amqp = amqp_connect();
+    im_amqp_conn_t *amqp = it_amqp_connect("it07");
     im_amqp_publisher_t *pub = im_amqp_publisher_new(amqp, 256, NULL, NULL);
     im_amqp_queue_opts_t q = {.name = queue, .durable = true};
-    im_mysql_t *db = mysql_connect();
+    im_mysql_t *db = it_mysql_connect("it07");
     im_mysql_stmt_t *st;
     im_idgen_t ids;
     uint64_t rows = 0, distinct = 0, t0, seq = 0;
@@ -235,7 +202,7 @@ TEST(mysql_down_under_load_no_loss_backlog_drains)
     }
     infra("up");
     ASSERT_EQ(it_env_load(), IM_OK);
-    db = mysql_connect();
+    db = it_mysql_connect("it07");
     ASSERT_EQ(im_mysql_prepare(db,
                                "SELECT COUNT(*), COUNT(DISTINCT seq) FROM messages WHERE conv_id = ?",
                                &st),
