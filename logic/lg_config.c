@@ -25,8 +25,22 @@ static const im_cfg_opt_t opts[] = {
     OPT("writer-prefetch", IM_CFG_INT, writer_prefetch, "2000", 1, 65535,
         "unacked deliveries the writer holds (>= writer-batch)"),
     OPT("log-level", IM_CFG_STR, log_level, "info", 0, 0, "error, warn, info, debug or trace"),
+    OPT("grpc-listen", IM_CFG_STR, grpc_listen, "127.0.0.1:9000", 0, 0,
+        "address of the gRPC API (port 0: any free port, logged)"),
+    OPT("grpc-workers", IM_CFG_INT, grpc_workers, "4", 1, 256,
+        "threads for database-bound calls, each with its own MySQL connection"),
+    OPT("jwt-secret", IM_CFG_STR, jwt_secret, NULL, 0, 0,
+        "HS256 key for login tokens, at least 32 bytes, shared with the gateways"),
+    OPT("token-ttl", IM_CFG_DURATION, token_ttl_ms, "24h", 60000, 366LL * 86400000,
+        "lifetime of a login token"),
+    OPT("node-id", IM_CFG_INT, node_id, "0", 0, 1023, "id generator node, unique per instance"),
+    OPT("password-cost", IM_CFG_STR, password_cost, "interactive", 0, 0,
+        "argon2id cost: interactive, or min (tests only: no protection)"),
+    OPT("dev", IM_CFG_BOOL, dev, "false", 0, 0,
+        "development: without --jwt-secret, sign with a random secret"),
 };
 
 const im_cfg_spec_t lg_config_spec = {
-    "logic", "imserver logic service: drains the durable message queue into MySQL in batches.",
+    "logic", "imserver logic service: the gRPC API (auth, groups) and the writer that drains the "
+    "durable message queue into MySQL in batches.",
     "IM", opts, sizeof(opts) / sizeof(opts[0])};

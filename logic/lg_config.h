@@ -29,6 +29,13 @@ typedef struct {
     int64_t writer_delay_ms; /* max wait of the oldest message before a flush */
     int64_t writer_prefetch;
     const char *log_level;
+    const char *grpc_listen;   /* host:port of the gRPC API; port 0 picks one */
+    int64_t grpc_workers;      /* threads (and MySQL connections) for blocking calls */
+    const char *jwt_secret;    /* HS256 key, >= 32 bytes; required unless dev */
+    int64_t token_ttl_ms;      /* lifetime of a login token */
+    int64_t node_id;           /* id generator node, unique per logic instance */
+    const char *password_cost; /* "interactive" (default) or "min" (tests only) */
+    int dev;                   /* no secret given: use a random one, with a warning */
 } lg_config_t;
 
 /* The table, for im_cfg_parse / im_cfg_usage. */

@@ -1,9 +1,17 @@
 #include "lg_service.h"
 
+#include <string.h>
+
 #include "im_alloc.h"
+#include "im_id.h"
 #include "im_log.h"
 #include "im_mysql.h"
+#include "im_sodium.h"
+#include "lg_rpc.h"
 #include "lg_store.h"
+
+/* Shortest --jwt-secret accepted: HS256 keys shorter than the hash are weak. */
+#define SECRET_MIN 32
 
 /* The writer's database side, used only on the writer thread: connected
  * lazily, so a database that is down at start-up is just a failed flush that
@@ -18,6 +26,9 @@ struct lg_service_s {
     const lg_config_t *cfg;
     writer_db_t wdb;
     lg_writer_t *writer;
+    uint8_t dev_secret[SECRET_MIN];
+    im_idgen_t ids;
+    lg_rpc_t *rpc;
 };
 
 static im_err_t writer_flush(void *arg, Im__V1__ChatMessage *const *msgs, size_t n)
@@ -40,6 +51,70 @@ static im_err_t writer_flush(void *arg, Im__V1__ChatMessage *const *msgs, size_t
         im_log_error("writer: %zu of %zu messages conflict with stored ones and were not stored",
                      res.conflicts, n);
     return rc;
+}
+
+/* Checks the token secret, or makes a random one with --dev.  Returns false
+ * with a log line when the service must not start. */
+static bool secret_setup(lg_service_t *s, const uint8_t **secret, size_t *len)
+{
+    const char *given = s->cfg->jwt_secret;
+
+    if (given != NULL && *given != '\0') {
+        if (strlen(given) < SECRET_MIN) {
+            im_log_error("logic: --jwt-secret must be at least %d bytes", SECRET_MIN);
+            return false;
+        }
+        *secret = (const uint8_t *)given;
+        *len = strlen(given);
+        return true;
+    }
+    if (!s->cfg->dev) {
+        im_log_error("logic: no token secret: set --jwt-secret or IM_JWT_SECRET (at least %d "
+                     "bytes, the same on every logic and gateway), or pass --dev",
+                     SECRET_MIN);
+        return false;
+    }
+    im_random_bytes(s->dev_secret, sizeof(s->dev_secret));
+    im_log_warn("logic: --dev without --jwt-secret: signing tokens with a random secret; "
+                "they do not survive a restart and no gateway can verify them");
+    *secret = s->dev_secret;
+    *len = sizeof(s->dev_secret);
+    return true;
+}
+
+/* The gRPC API: password cost, ids and the token secret, then the server. */
+static bool rpc_setup(lg_service_t *s)
+{
+    const lg_config_t *cfg = s->cfg;
+    lg_rpc_config_t rpc_cfg = {
+        .listen = cfg->grpc_listen,
+        .n_workers = (unsigned)cfg->grpc_workers,
+        .mysql = s->wdb.cfg,
+        .token_ttl_s = cfg->token_ttl_ms / 1000,
+        .ids = &s->ids,
+    };
+
+    if (strcmp(cfg->password_cost, "min") == 0) {
+        im_log_warn("logic: --password-cost min: password hashes offer no protection (tests only)");
+        im_password_set_cost(IM_PWCOST_MIN);
+    } else if (strcmp(cfg->password_cost, "interactive") == 0) {
+        im_password_set_cost(IM_PWCOST_INTERACTIVE);
+    } else {
+        im_log_error("logic: --password-cost: \"%s\" is not interactive or min",
+                     cfg->password_cost);
+        return false;
+    }
+    if (im_sodium_init() != IM_OK) {
+        im_log_error("logic: no source of randomness");
+        return false;
+    }
+    if (!secret_setup(s, &rpc_cfg.secret, &rpc_cfg.secret_len))
+        return false;
+    if (im_idgen_init(&s->ids, (uint32_t)cfg->node_id, 0, NULL) != IM_OK)
+        return false;
+    rpc_cfg.mysql.name = "rpc";
+    s->rpc = lg_rpc_new(&rpc_cfg);
+    return s->rpc != NULL;
 }
 
 lg_service_t *lg_service_new(const lg_config_t *cfg)
@@ -71,20 +146,26 @@ lg_service_t *lg_service_new(const lg_config_t *cfg)
     wc.max_delay_ms = (unsigned)cfg->writer_delay_ms;
     wc.prefetch = (unsigned)cfg->writer_prefetch;
     s->writer = lg_writer_new(&wc, writer_flush, &s->wdb);
-    if (s->writer == NULL) {
-        im_free(s);
+    if (s->writer == NULL || !rpc_setup(s)) {
+        lg_service_free(s);
         return NULL;
     }
     return s;
 }
 
-im_err_t lg_service_start(lg_service_t *s)
+im_err_t lg_service_start(lg_service_t *s, unsigned *grpc_port)
 {
+    im_err_t rc = lg_rpc_start(s->rpc, grpc_port);
+
+    if (rc != IM_OK)
+        return rc;
     return lg_writer_start(s->writer);
 }
 
 void lg_service_stop(lg_service_t *s)
 {
+    lg_rpc_free(s->rpc);
+    s->rpc = NULL;
     lg_writer_stop(s->writer);
 }
 
@@ -92,6 +173,7 @@ void lg_service_free(lg_service_t *s)
 {
     if (s == NULL)
         return;
+    lg_rpc_free(s->rpc);
     lg_writer_free(s->writer); /* stops the thread that uses wdb */
     lg_store_free(s->wdb.store);
     im_mysql_close(s->wdb.db);

@@ -1,6 +1,6 @@
 /*
  * logic - the logic service binary: flags and environment in, a running
- * lg_service out, a graceful stop on SIGINT/SIGTERM.
+ * lg_service out (gRPC API and writer), a graceful stop on SIGINT/SIGTERM.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -51,7 +51,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     svc = lg_service_new(&cfg);
-    if (svc == NULL || lg_service_start(svc) != IM_OK) {
+    if (svc == NULL || lg_service_start(svc, NULL) != IM_OK) {
         im_log_error("logic: failed to start");
         lg_service_free(svc);
         return 1;

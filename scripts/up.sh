@@ -3,7 +3,8 @@
 # starts the infrastructure (RabbitMQ, MariaDB, Redis) as local processes under
 # .run/, then the services.  Stop everything with scripts/down.sh.
 #
-# Services started today: logic (the batch writer: durable queue -> MySQL).
+# Services started today: logic (gRPC Auth and Group API on 127.0.0.1:9000, and
+# the batch writer: durable queue -> MySQL).
 # The gateway and its web client join when they exist.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,6 +41,16 @@ start_service() {
     fi
     echo "up: $name running (pid $!, log $state/$name.log)"
 }
+
+# One token secret per state dir, made once, so tokens survive restarts and
+# every service of this machine shares it.  Production sets IM_JWT_SECRET.
+if [ -z "${IM_JWT_SECRET:-}" ]; then
+    if [ ! -s "$state/jwt-secret" ]; then
+        (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$state/jwt-secret")
+    fi
+    IM_JWT_SECRET=$(<"$state/jwt-secret")
+fi
+export IM_JWT_SECRET
 
 start_service logic "$repo/build/logic/logic"
 echo
