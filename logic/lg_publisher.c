@@ -30,6 +30,7 @@ typedef struct {
 struct lg_publisher_s {
     im_amqp_config_t cfg;
     char *host, *user, *password, *vhost, *name;
+    char *durable_queue, *direct_exchange; /* declared on each connect; may be NULL */
     unsigned window;
 
     pthread_t thread;
@@ -209,6 +210,32 @@ static void expire_ready(lg_publisher_t *p, uint64_t now)
     p->ready = keep;
 }
 
+void lg_publisher_declare(lg_publisher_t *p, const char *durable_queue,
+                          const char *direct_exchange)
+{
+    im_free(p->durable_queue);
+    im_free(p->direct_exchange);
+    p->durable_queue = durable_queue ? im_strdup(durable_queue) : NULL;
+    p->direct_exchange = direct_exchange ? im_strdup(direct_exchange) : NULL;
+}
+
+/* What must exist before anything is published: a message published to a
+ * missing queue through the default exchange is confirmed and dropped. */
+static im_err_t declare(lg_publisher_t *p)
+{
+    im_amqp_queue_opts_t q = {.name = p->durable_queue, .durable = true};
+    im_err_t rc = IM_OK;
+
+    if (p->durable_queue != NULL)
+        rc = im_amqp_declare_queue(p->conn, &q, NULL, 0, NULL);
+    if (rc == IM_OK && p->direct_exchange != NULL)
+        rc = im_amqp_declare_exchange(p->conn, p->direct_exchange, "direct", true);
+    if (rc != IM_OK)
+        im_log_warn("publisher: declaring: %s (%s)", im_strerror(rc),
+                    im_amqp_last_error(p->conn));
+    return rc;
+}
+
 /* Connects (or reconnects) until it works, the publisher stops, or -- while
  * requests wait -- their deadlines pass (they are failed meanwhile). */
 static bool ensure_connected(lg_publisher_t *p)
@@ -216,19 +243,21 @@ static bool ensure_connected(lg_publisher_t *p)
     unsigned backoff = BACKOFF_MIN_MS;
     char err[256];
 
-    while (p->conn == NULL || !im_amqp_is_open(p->conn)) {
+    if (p->conn != NULL && im_amqp_is_open(p->conn))
+        return true;
+    for (;;) {
         if (p->conn == NULL) {
             p->conn = im_amqp_connect(&p->cfg, err, sizeof(err));
             if (p->conn)
                 p->pub = im_amqp_publisher_new(p->conn, p->window, on_confirm, p);
             else
                 im_log_warn("publisher: connect failed: %s", err);
-        } else if (im_amqp_reconnect(p->conn) == IM_OK) {
+        } else if (im_amqp_reconnect(p->conn) == IM_OK) { /* also after a failed declare */
             pthread_mutex_lock(&p->lock);
             p->stats.reconnects++;
             pthread_mutex_unlock(&p->lock);
         }
-        if (p->conn && im_amqp_is_open(p->conn))
+        if (p->conn && im_amqp_is_open(p->conn) && declare(p) == IM_OK)
             break;
         pthread_mutex_lock(&p->lock);
         list_splice(&p->ready, &p->submitted);
@@ -377,6 +406,8 @@ void lg_publisher_free(lg_publisher_t *p)
     im_free(p->password);
     im_free(p->vhost);
     im_free(p->name);
+    im_free(p->durable_queue);
+    im_free(p->direct_exchange);
     im_free(p);
 }
 

@@ -41,6 +41,12 @@ typedef struct lg_publisher_s lg_publisher_t;
  * amqp are copied.  Nothing connects until lg_publisher_start. */
 lg_publisher_t *lg_publisher_new(const im_amqp_config_t *amqp, unsigned window);
 
+/* Names a durable queue and a durable direct exchange (either may be NULL)
+ * to declare after every connect, before anything is published.  Before
+ * lg_publisher_start. */
+void lg_publisher_declare(lg_publisher_t *p, const char *durable_queue,
+                          const char *direct_exchange);
+
 /* Spawns the thread, which connects (with backoff, forever) and publishes. */
 im_err_t lg_publisher_start(lg_publisher_t *p);
 
