@@ -16,8 +16,17 @@ static const im_cfg_opt_t opts[] = {
     OPT("mysql-user", IM_CFG_STR, mysql_user, "im", 0, 0, "MySQL user"),
     OPT("mysql-password", IM_CFG_STR, mysql_password, "im", 0, 0, "MySQL password"),
     OPT("mysql-db", IM_CFG_STR, mysql_db, "im", 0, 0, "MySQL database"),
+    OPT("redis-host", IM_CFG_STR, redis_host, "127.0.0.1", 0, 0, "Redis host"),
+    OPT("redis-port", IM_CFG_INT, redis_port, "6380", 1, 65535, "Redis port"),
     OPT("queue", IM_CFG_STR, queue, "im.messages", 0, 0,
         "durable queue of accepted messages, drained into MySQL"),
+    OPT("max-body", IM_CFG_SIZE, max_body, "4KiB", 1, 1048576, "largest message body"),
+    OPT("publish-timeout", IM_CFG_DURATION, publish_timeout_ms, "5s", 100, 600000,
+        "longest a send waits for the broker before it fails (the client retries)"),
+    OPT("publish-window", IM_CFG_INT, publish_window, "256", 1, 65535,
+        "persistent publishes awaiting their confirm at once"),
+    OPT("session-ttl", IM_CFG_DURATION, session_ttl_ms, "30s", 1000, 3600000,
+        "a gateway's sessions stop being routed to this long after its last heartbeat"),
     OPT("writer-batch", IM_CFG_INT, writer_batch, "1000", 1, 10000,
         "messages per INSERT transaction"),
     OPT("writer-delay", IM_CFG_DURATION, writer_delay_ms, "20ms", 0, 10000,
@@ -41,6 +50,6 @@ static const im_cfg_opt_t opts[] = {
 };
 
 const im_cfg_spec_t lg_config_spec = {
-    "logic", "imserver logic service: the gRPC API (auth, groups) and the writer that drains the "
-    "durable message queue into MySQL in batches.",
+    "logic", "imserver logic service: the gRPC API (auth, groups, messages, sessions) and the "
+    "writer that drains the durable message queue into MySQL in batches.",
     "IM", opts, sizeof(opts) / sizeof(opts[0])};

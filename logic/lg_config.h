@@ -24,7 +24,14 @@ typedef struct {
     const char *mysql_user;
     const char *mysql_password;
     const char *mysql_db;
+    const char *redis_host;
+    int64_t redis_port;
     const char *queue;       /* the durable message queue the writer drains */
+    int64_t max_body;        /* bytes of a message body */
+    int64_t publish_timeout_ms; /* longest a Send waits to reach the broker */
+    int64_t publish_window;  /* unconfirmed publishes in flight */
+    int64_t session_ttl_ms;  /* gateway lease: sessions expire this long after
+                                their gateway's last heartbeat */
     int64_t writer_batch;    /* rows per transaction */
     int64_t writer_delay_ms; /* max wait of the oldest message before a flush */
     int64_t writer_prefetch;

@@ -10,19 +10,32 @@
 #include "im_rpc.h"
 #include "lg_auth.h"
 #include "lg_group.h"
+#include "lg_message.h"
+#include "lg_seq.h"
+#include "lg_session.h"
+#include "lg_sync.h"
 
-/* One MySQL session and the statements prepared on it. */
+/* A worker's connections and the objects over them. */
 typedef struct session_s {
     struct session_s *next; /* in the free list */
     im_mysql_t *db;
-    lg_auth_t *auth;
-    lg_group_t *group;
+    im_redis_t *redis;
+    lg_auth_t *auth;      /* db */
+    lg_group_t *group;    /* db */
+    lg_sync_t *sync;      /* db */
+    lg_session_t *routes; /* redis */
+    lg_seq_t *seq;        /* db + redis */
+    lg_message_t *message; /* db + redis */
 } session_t;
+
+/* What a handler needs of its session. */
+enum { NEED_DB = 1, NEED_REDIS = 2 };
 
 struct lg_rpc_s {
     lg_rpc_config_t cfg;
     lg_auth_keys_t keys;
     im_rpc_server_t *server;
+    lg_message_shared_t *shared;
     session_t *sessions; /* cfg.n_workers of them */
     session_t *free_list;
     pthread_mutex_t lock;
@@ -52,19 +65,39 @@ static void session_give(lg_rpc_t *r, session_t *s)
     pthread_mutex_unlock(&r->lock);
 }
 
-static void session_close(session_t *s)
+/* Frees what uses both connections (before either closes). */
+static void session_drop_both(session_t *s)
 {
+    lg_message_free(s->message);
+    lg_seq_free(s->seq);
+    s->message = NULL;
+    s->seq = NULL;
+}
+
+static void session_drop_db(session_t *s)
+{
+    session_drop_both(s);
     lg_auth_free(s->auth);
     lg_group_free(s->group);
+    lg_sync_free(s->sync);
     im_mysql_close(s->db);
     s->auth = NULL;
     s->group = NULL;
+    s->sync = NULL;
     s->db = NULL;
 }
 
-/* Connects, reconnects or prepares as needed.  Returns IM_RPC_OK, or
- * UNAVAILABLE with msg set when the database cannot be reached. */
-static im_rpc_code_t session_ready(lg_rpc_t *r, session_t *s, char *msg, size_t msglen)
+static void session_close(session_t *s)
+{
+    session_drop_db(s);
+    lg_session_free(s->routes);
+    im_redis_close(s->redis);
+    s->routes = NULL;
+    s->redis = NULL;
+}
+
+/* MySQL connected (or reconnected) and the statements over it prepared. */
+static im_err_t ready_db(lg_rpc_t *r, session_t *s)
 {
     char err[256];
     im_err_t rc = IM_OK;
@@ -73,22 +106,69 @@ static im_rpc_code_t session_ready(lg_rpc_t *r, session_t *s, char *msg, size_t 
         s->db = im_mysql_connect(&r->cfg.mysql, err, sizeof(err));
         if (s->db == NULL) {
             im_log_warn("rpc: mysql connect failed: %s", err);
-            rc = IM_EUNAVAIL;
+            return IM_EUNAVAIL;
         }
     } else if (!im_mysql_is_open(s->db)) {
         rc = im_mysql_reconnect(s->db);
     }
     if (rc == IM_OK && s->auth == NULL) {
-        rc = lg_auth_new(s->db, &r->keys, &s->auth);
-        if (rc == IM_OK)
-            rc = lg_group_new(s->db, r->cfg.ids, &s->group);
+        if ((rc = lg_auth_new(s->db, &r->keys, &s->auth)) == IM_OK &&
+            (rc = lg_group_new(s->db, r->cfg.ids, &s->group)) == IM_OK)
+            rc = lg_sync_new(s->db, r->shared, &s->sync);
         if (rc != IM_OK) {
             im_log_warn("rpc: preparing statements: %s (%s)", im_strerror(rc),
                         im_mysql_error(s->db));
-            session_close(s); /* start from a fresh connection next time */
+            session_drop_db(s); /* start from a fresh connection next time */
         }
     }
+    return rc;
+}
+
+/* Redis connected once (later losses are handled by its users). */
+static im_err_t ready_redis(lg_rpc_t *r, session_t *s)
+{
+    char err[256];
+
+    if (s->redis == NULL) {
+        s->redis = im_redis_connect(&r->cfg.redis, err, sizeof(err));
+        if (s->redis == NULL) {
+            im_log_warn("rpc: redis connect failed: %s", err);
+            return IM_EUNAVAIL;
+        }
+        s->routes = lg_session_new(s->redis, r->cfg.session_ttl_ms);
+    }
+    return IM_OK;
+}
+
+/* The seq allocator and Send handler, over both connections. */
+static im_err_t ready_both(lg_rpc_t *r, session_t *s)
+{
+    im_err_t rc = IM_OK;
+
+    if (s->message != NULL)
+        return IM_OK;
+    if ((rc = lg_seq_new(s->redis, s->db, r->cfg.seq_step, &s->seq)) == IM_OK)
+        rc = lg_message_new(r->shared, s->db, s->redis, s->seq, s->routes, &s->message);
     if (rc != IM_OK) {
+        im_log_warn("rpc: preparing send: %s (%s)", im_strerror(rc), im_mysql_error(s->db));
+        session_drop_both(s);
+    }
+    return rc;
+}
+
+/* Connects, reconnects or prepares what need asks for.  Returns IM_RPC_OK, or
+ * UNAVAILABLE with msg set when a server cannot be reached. */
+static im_rpc_code_t session_ready(lg_rpc_t *r, session_t *s, int need, char *msg, size_t msglen)
+{
+    if ((need & NEED_DB) && ready_db(r, s) != IM_OK) {
+        snprintf(msg, msglen, "db_unavailable: the database is unavailable, try again");
+        return IM_RPC_UNAVAILABLE;
+    }
+    if ((need & NEED_REDIS) && ready_redis(r, s) != IM_OK) {
+        snprintf(msg, msglen, "redis_unavailable: redis is unavailable, try again");
+        return IM_RPC_UNAVAILABLE;
+    }
+    if (need == (NEED_DB | NEED_REDIS) && ready_both(r, s) != IM_OK) {
         snprintf(msg, msglen, "db_unavailable: the database is unavailable, try again");
         return IM_RPC_UNAVAILABLE;
     }
@@ -104,23 +184,28 @@ static void complete(im_rpc_call_t *call, im_rpc_code_t code, const ProtobufCMes
         im_rpc_fail(call, code, msg);
 }
 
-/* A blocking handler: takes a session, runs fn(s->obj, request, &response),
- * replies, and only then gives the session back, since the response points
- * into obj's buffers. */
-#define DB_HANDLER(name, obj, fn, ReqT, RespT, RESP_INIT)                                          \
+/* A blocking handler: takes a session, readies what it needs, runs
+ * fn(s->obj, request, &response), replies, and only then gives the session
+ * back, since the response points into obj's buffers. */
+#define HANDLER(name, need, obj, fn, ReqT, RespT, ...)                                          \
     static void name##_cb(im_rpc_call_t *call, void *arg)                                          \
     {                                                                                              \
         lg_rpc_t *r = arg;                                                                         \
-        RespT resp = RESP_INIT;                                                                    \
+        RespT resp = __VA_ARGS__;                                                                    \
         char msg[256];                                                                             \
         session_t *s = session_take(r);                                                            \
-        im_rpc_code_t code = session_ready(r, s, msg, sizeof(msg));                                \
+        im_rpc_code_t code = session_ready(r, s, need, msg, sizeof(msg));                          \
                                                                                                    \
         if (code == IM_RPC_OK)                                                                     \
             code = fn(s->obj, (const ReqT *)im_rpc_call_request(call), &resp, msg, sizeof(msg));   \
         complete(call, code, &resp.base, msg);                                                     \
         session_give(r, s);                                                                        \
     }
+
+#define DB_HANDLER(name, obj, fn, ReqT, RespT, ...)                                               \
+    HANDLER(name, NEED_DB, obj, fn, ReqT, RespT, __VA_ARGS__)
+#define REDIS_HANDLER(name, fn, RespT, ...)                                                        \
+    HANDLER(name, NEED_REDIS, routes, fn, Im__V1__SessionRequest, RespT, __VA_ARGS__)
 
 DB_HANDLER(signup, auth, lg_auth_signup, Im__V1__RegisterRequest, Im__V1__RegisterResponse,
            IM__V1__REGISTER_RESPONSE__INIT)
@@ -136,6 +221,53 @@ DB_HANDLER(members, group, lg_group_members, Im__V1__GroupRequest, Im__V1__Membe
            IM__V1__MEMBERS_RESPONSE__INIT)
 DB_HANDLER(mine, group, lg_group_mine, Im__V1__MyGroupsRequest, Im__V1__MyGroupsResponse,
            IM__V1__MY_GROUPS_RESPONSE__INIT)
+DB_HANDLER(sync, sync, lg_sync_sync, Im__V1__SyncRequest, Im__V1__SyncResponse,
+           IM__V1__SYNC_RESPONSE__INIT)
+DB_HANDLER(history, sync, lg_sync_history, Im__V1__HistoryRequest, Im__V1__HistoryResponse,
+           IM__V1__HISTORY_RESPONSE__INIT)
+DB_HANDLER(conversations, sync, lg_sync_conversations, Im__V1__ConversationsRequest,
+           Im__V1__ConversationsResponse, IM__V1__CONVERSATIONS_RESPONSE__INIT)
+REDIS_HANDLER(online, lg_session_online, Im__V1__SessionResponse,
+              IM__V1__SESSION_RESPONSE__INIT)
+REDIS_HANDLER(offline, lg_session_offline, Im__V1__SessionResponse,
+              IM__V1__SESSION_RESPONSE__INIT)
+REDIS_HANDLER(heartbeat, lg_session_heartbeat, Im__V1__SessionResponse,
+              IM__V1__SESSION_RESPONSE__INIT)
+
+/* The receipt of a direct conversation is routed through Redis when it is
+ * there; the mark itself needs only the database. */
+static void mark_read_cb(im_rpc_call_t *call, void *arg)
+{
+    lg_rpc_t *r = arg;
+    Im__V1__MarkReadResponse resp = IM__V1__MARK_READ_RESPONSE__INIT;
+    char msg[256];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));
+
+    if (code == IM_RPC_OK) {
+        lg_session_t *routes = ready_redis(r, s) == IM_OK ? s->routes : NULL;
+        code = lg_sync_mark_read(s->sync, routes,
+                                 (const Im__V1__MarkReadRequest *)im_rpc_call_request(call), &resp,
+                                 msg, sizeof(msg));
+    }
+    complete(call, code, &resp.base, msg);
+    session_give(r, s);
+}
+
+/* Send completes its call itself: now on a refusal, later on the confirm. */
+static void send_cb(im_rpc_call_t *call, void *arg)
+{
+    lg_rpc_t *r = arg;
+    char msg[256];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_DB | NEED_REDIS, msg, sizeof(msg));
+
+    if (code == IM_RPC_OK)
+        lg_message_send(s->message, call);
+    else
+        im_rpc_fail(call, code, msg);
+    session_give(r, s);
+}
 
 /* HMAC only: cheap enough for the completion-queue thread. */
 static void verify_token_cb(im_rpc_call_t *call, void *arg)
@@ -160,6 +292,21 @@ static const im_rpc_method_t auth_methods[] = {
 static const im_rpc_method_t group_methods[] = {
     {create_cb, true}, {join_cb, true}, {leave_cb, true}, {members_cb, true}, {mine_cb, true},
 };
+static const im_rpc_method_t message_methods[] = {
+    {send_cb, true}, {sync_cb, true}, {history_cb, true}, {mark_read_cb, true},
+    {conversations_cb, true},
+};
+static const im_rpc_method_t session_methods[] = {
+    {online_cb, true},
+    {offline_cb, true},
+    {heartbeat_cb, true},
+};
+
+static im_err_t add_service(lg_rpc_t *r, const ProtobufCServiceDescriptor *sd,
+                            const im_rpc_method_t *methods)
+{
+    return im_rpc_server_add_service(r->server, sd, methods, r);
+}
 
 lg_rpc_t *lg_rpc_new(const lg_rpc_config_t *cfg)
 {
@@ -178,11 +325,19 @@ lg_rpc_t *lg_rpc_new(const lg_rpc_config_t *cfg)
         lg_rpc_free(r);
         return NULL;
     }
+    r->shared = lg_message_shared_new(&(lg_message_config_t){
+        .queue = cfg->queue,
+        .max_body = cfg->max_body,
+        .publish_timeout_ms = cfg->publish_timeout_ms,
+        .publisher = cfg->publisher,
+        .ids = cfg->ids,
+        .redis = cfg->redis,
+    });
     r->server = im_rpc_server_new(cfg->listen, 1, cfg->n_workers);
-    if ((rc = im_rpc_server_add_service(r->server, &im__v1__auth__descriptor, auth_methods, r)) !=
-            IM_OK ||
-        (rc = im_rpc_server_add_service(r->server, &im__v1__group__descriptor, group_methods,
-                                        r)) != IM_OK) {
+    if ((rc = add_service(r, &im__v1__auth__descriptor, auth_methods)) != IM_OK ||
+        (rc = add_service(r, &im__v1__group__descriptor, group_methods)) != IM_OK ||
+        (rc = add_service(r, &im__v1__message__descriptor, message_methods)) != IM_OK ||
+        (rc = add_service(r, &im__v1__session__descriptor, session_methods)) != IM_OK) {
         im_log_error("rpc: registering services: %s", im_strerror(rc));
         lg_rpc_free(r);
         return NULL;
@@ -207,17 +362,21 @@ im_err_t lg_rpc_start(lg_rpc_t *r, unsigned *port)
     return IM_OK;
 }
 
+void lg_rpc_stop(lg_rpc_t *r, unsigned grace_ms)
+{
+    if (r != NULL && r->server != NULL)
+        im_rpc_server_stop(r->server, grace_ms);
+}
+
 void lg_rpc_free(lg_rpc_t *r)
 {
     if (r == NULL)
         return;
-    if (r->server != NULL) {
-        im_rpc_server_stop(r->server, 1000);
-        im_rpc_server_free(r->server); /* joins the workers: no session is in use now */
-    }
+    im_rpc_server_free(r->server); /* joins the workers: no session is in use now */
     for (unsigned i = 0; i < r->cfg.n_workers; i++)
         session_close(&r->sessions[i]);
     im_free(r->sessions);
+    lg_message_shared_free(r->shared);
     pthread_cond_destroy(&r->cond);
     pthread_mutex_destroy(&r->lock);
     im_free(r);

@@ -1,7 +1,8 @@
 /*
- * lg_rpc.h - the logic service's gRPC API: serves Auth and Group of
- * proto/im.proto through common/im_rpc.h, with lg_auth and lg_group doing the
- * work.
+ * lg_rpc.h - the logic service's gRPC API: serves Auth, Group, Message and
+ * Session of proto/im.proto through common/im_rpc.h, with lg_auth, lg_group,
+ * lg_message (Send), lg_sync (Sync, History, MarkRead, Conversations) and
+ * lg_session doing the work.
  *
  * Database connections: one MySQL session per worker thread.  The server
  * runs n_workers worker threads for blocking handlers, and this module keeps
@@ -10,8 +11,12 @@
  * once, a handler never waits for a session: each worker in effect owns one
  * connection, but the pool (unlike thread-local storage) is closed by the
  * owner thread in lg_rpc_free, not by worker threads on their way out.
- * Sessions connect lazily and reconnect after a loss, so a database that is
- * down only fails the calls made meanwhile (UNAVAILABLE "db_unavailable").
+ * Each worker session also holds a Redis connection (seqs, dedup, routes).
+ * Sessions connect lazily and reconnect after a loss, so a database or Redis
+ * that is down only fails the calls that need it, made meanwhile
+ * (UNAVAILABLE "db_unavailable" / "redis_unavailable"): the Session service
+ * works without MySQL, and History without Redis.
+ * Send completes its call from the publisher thread when the broker confirmed.
  * VerifyToken needs no database and runs on the completion-queue thread.
  *
  * Threads: new, start and free from one thread (main).
@@ -25,6 +30,8 @@
 #include "im_err.h"
 #include "im_id.h"
 #include "im_mysql.h"
+#include "im_redis.h"
+#include "lg_publisher.h"
 
 typedef struct lg_rpc_s lg_rpc_t;
 
@@ -36,6 +43,13 @@ typedef struct {
     size_t secret_len;
     int64_t token_ttl_s;
     im_idgen_t *ids;          /* borrowed */
+    im_redis_config_t redis;  /* copied by each session's connect */
+    lg_publisher_t *publisher; /* borrowed, started: Send and the fan-out */
+    const char *queue;        /* durable queue of accepted messages */
+    size_t max_body;          /* bytes of a message body */
+    unsigned publish_timeout_ms;
+    int64_t session_ttl_ms;   /* gateway lease (lg_session.h) */
+    uint64_t seq_step;        /* lg_seq lease size; 0: default */
 } lg_rpc_config_t;
 
 /* Builds the server (nothing is bound yet).  Hashes the dummy password, so
@@ -48,8 +62,14 @@ lg_rpc_t *lg_rpc_new(const lg_rpc_config_t *cfg);
  * (address not bindable, logged). */
 im_err_t lg_rpc_start(lg_rpc_t *r, unsigned *port);
 
-/* Stops serving (up to one second of grace for calls in flight), closes
- * every session and frees r.  NULL is fine. */
+/* Stops serving: up to grace_ms for calls in flight, then cancels the rest,
+ * and returns when every call is completed.  The publisher must still run
+ * (Sends in flight complete from its callbacks).  Idempotent. */
+void lg_rpc_stop(lg_rpc_t *r, unsigned grace_ms);
+
+/* Stops (no grace) if needed, closes every session and frees r.  The
+ * publisher must be stopped first: its callbacks use r's shared state.
+ * NULL is fine. */
 void lg_rpc_free(lg_rpc_t *r);
 
 #endif

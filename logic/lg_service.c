@@ -7,6 +7,8 @@
 #include "im_log.h"
 #include "im_mysql.h"
 #include "im_sodium.h"
+#include "lg_message.h"
+#include "lg_publisher.h"
 #include "lg_rpc.h"
 #include "lg_store.h"
 
@@ -28,7 +30,9 @@ struct lg_service_s {
     lg_writer_t *writer;
     uint8_t dev_secret[SECRET_MIN];
     im_idgen_t ids;
+    lg_publisher_t *publisher;
     lg_rpc_t *rpc;
+    bool stopped;
 };
 
 static im_err_t writer_flush(void *arg, Im__V1__ChatMessage *const *msgs, size_t n)
@@ -92,6 +96,11 @@ static bool rpc_setup(lg_service_t *s)
         .mysql = s->wdb.cfg,
         .token_ttl_s = cfg->token_ttl_ms / 1000,
         .ids = &s->ids,
+        .redis = {.host = cfg->redis_host, .port = (unsigned)cfg->redis_port, .name = "rpc"},
+        .queue = cfg->queue,
+        .max_body = (size_t)cfg->max_body,
+        .publish_timeout_ms = (unsigned)cfg->publish_timeout_ms,
+        .session_ttl_ms = cfg->session_ttl_ms,
     };
 
     if (strcmp(cfg->password_cost, "min") == 0) {
@@ -113,6 +122,7 @@ static bool rpc_setup(lg_service_t *s)
     if (im_idgen_init(&s->ids, (uint32_t)cfg->node_id, 0, NULL) != IM_OK)
         return false;
     rpc_cfg.mysql.name = "rpc";
+    rpc_cfg.publisher = s->publisher;
     s->rpc = lg_rpc_new(&rpc_cfg);
     return s->rpc != NULL;
 }
@@ -146,6 +156,10 @@ lg_service_t *lg_service_new(const lg_config_t *cfg)
     wc.max_delay_ms = (unsigned)cfg->writer_delay_ms;
     wc.prefetch = (unsigned)cfg->writer_prefetch;
     s->writer = lg_writer_new(&wc, writer_flush, &s->wdb);
+    wc.amqp.name = "publisher";
+    s->publisher = lg_publisher_new(&wc.amqp, (unsigned)cfg->publish_window);
+    if (s->publisher != NULL)
+        lg_publisher_declare(s->publisher, cfg->queue, LG_DELIVER_EXCHANGE);
     if (s->writer == NULL || !rpc_setup(s)) {
         lg_service_free(s);
         return NULL;
@@ -155,15 +169,24 @@ lg_service_t *lg_service_new(const lg_config_t *cfg)
 
 im_err_t lg_service_start(lg_service_t *s, unsigned *grpc_port)
 {
-    im_err_t rc = lg_rpc_start(s->rpc, grpc_port);
+    im_err_t rc = lg_publisher_start(s->publisher);
 
+    if (rc == IM_OK)
+        rc = lg_rpc_start(s->rpc, grpc_port);
     if (rc != IM_OK)
         return rc;
     return lg_writer_start(s->writer);
 }
 
+/* Calls in flight finish first (Sends need the publisher for their confirm),
+ * then the publisher drains, then the writer flushes what it holds. */
 void lg_service_stop(lg_service_t *s)
 {
+    if (s->stopped)
+        return;
+    s->stopped = true;
+    lg_rpc_stop(s->rpc, 2000);
+    lg_publisher_stop(s->publisher, 2000);
     lg_rpc_free(s->rpc);
     s->rpc = NULL;
     lg_writer_stop(s->writer);
@@ -173,6 +196,8 @@ void lg_service_free(lg_service_t *s)
 {
     if (s == NULL)
         return;
+    lg_rpc_stop(s->rpc, 0);
+    lg_publisher_free(s->publisher); /* stops it: no callback runs after this */
     lg_rpc_free(s->rpc);
     lg_writer_free(s->writer); /* stops the thread that uses wdb */
     lg_store_free(s->wdb.store);

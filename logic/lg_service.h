@@ -1,7 +1,8 @@
 /*
  * lg_service.h - one logic instance: wires the modules together from a
- * config: the gRPC API (lg_rpc: Auth and Group of proto/im.proto) and the
- * batch writer (durable queue -> MySQL).
+ * config: the gRPC API (lg_rpc: Auth, Group, Message, Session of
+ * proto/im.proto), the publishing thread (lg_publisher: Sends and fan-out)
+ * and the batch writer (durable queue -> MySQL).
  *
  * Threads: create, start, stop and free from one thread (main).  The writer
  * runs on its own thread with its own AMQP and MySQL connections; the gRPC

@@ -1,0 +1,100 @@
+/*
+ * lg_message.h - Message.Send of proto/im.proto: the durable path.
+ *
+ * A Send is validated, deduplicated, given an id (im_id) and a per-conversation
+ * seq (lg_seq), and published as a persistent ChatBatch of one ChatMessage to
+ * the durable queue the writer drains.  The client is answered only when the
+ * broker has confirmed that publish: the reply is sent from the publisher's
+ * callback, so a worker thread never waits for a confirm.  A nack, a lost
+ * connection or a timeout answers UNAVAILABLE "broker_unavailable: ..."; the
+ * client retries with the same client_msg_id, which is safe (dedup below).
+ *
+ * Statuses ("<code>: <text>", see im.proto):
+ *   INVALID_ARGUMENT  bad_sender, bad_target (not exactly one of to_user /
+ *                     to_group), empty_body, body_too_large, bad_utf8,
+ *                     bad_client_msg_id (1..64 printable ASCII)
+ *   NOT_FOUND         unknown_user, unknown_group
+ *   PERMISSION_DENIED not_member (group send by a non-member)
+ *   ABORTED           in_progress (the same client_msg_id is being sent now)
+ *   UNAVAILABLE       db_unavailable, redis_unavailable, broker_unavailable
+ *
+ * Conversations: "d:<lower id>:<higher id>" (direct), "g:<group id>".
+ *
+ * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, 24 h TTL.  It is set to
+ * "pending" (SET NX) before anything is assigned, to "<id> <conv> <seq> <ts>"
+ * after the confirm, and deleted when the publish fails.  A retry that finds
+ * the record answers the original id, conv and seq with duplicate = true; one
+ * that finds "pending" answers ABORTED.  When the key is missing (Redis lost
+ * it) the messages table's unique key (sender_id, client_msg_id) is read
+ * first.  Known window: after a Redis loss, a message that is confirmed but
+ * still in the queue (not yet written) is not found there, so its retry is
+ * accepted as new and the writer then drops it on that unique key: the client
+ * holds the second id while the first one is stored.
+ *
+ * Fan-out: before publishing a direct message, the routes of the recipient
+ * and of the sender (its other devices) are looked up in Redis (lg_session);
+ * after the confirm, one transient Delivery per gateway holding any of them
+ * goes to the direct exchange LG_DELIVER_EXCHANGE with routing key
+ * "gw.<gateway id>" and user_ids naming whom it holds.  A group message is
+ * ONE publish with key "g.<group id>": the broker copies it to every gateway
+ * that bound that key because it holds a member.  Deliveries are not
+ * confirmed and may be lost with a gateway or the broker: the durable copy is
+ * the queued one, and a device that missed a delivery gets it by Sync.  A
+ * routing lookup that fails only costs the live delivery (logged).
+ *
+ * Threads: an lg_message_t belongs to one worker thread (it uses that thread's
+ * MySQL, Redis and lg_seq).  lg_message_shared_t is shared by all of them;
+ * its Redis connection is used only on the publisher thread (in callbacks).
+ */
+#ifndef LG_MESSAGE_H
+#define LG_MESSAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "im.pb-c.h"
+#include "im_err.h"
+#include "im_id.h"
+#include "im_mysql.h"
+#include "im_redis.h"
+#include "im_rpc.h"
+#include "lg_publisher.h"
+#include "lg_seq.h"
+#include "lg_session.h"
+
+#define LG_DELIVER_EXCHANGE "im.deliver"
+#define LG_CLIENT_MSG_ID_MAX 64
+#define LG_DEDUP_TTL_MS (24 * 3600 * 1000)
+
+typedef struct {
+    const char *queue;            /* durable queue of ChatBatch messages (borrowed) */
+    size_t max_body;              /* bytes */
+    unsigned publish_timeout_ms;  /* longest wait to be sent to the broker */
+    lg_publisher_t *publisher;    /* borrowed, started */
+    im_idgen_t *ids;              /* borrowed */
+    im_redis_config_t redis;      /* for the publisher-thread connection; strings borrowed */
+} lg_message_config_t;
+
+typedef struct lg_message_shared_s lg_message_shared_t;
+typedef struct lg_message_s lg_message_t;
+
+/* State shared by every worker.  cfg and its strings must outlive it.  Never
+ * NULL.  Free after the publisher stopped (no callback may still run). */
+lg_message_shared_t *lg_message_shared_new(const lg_message_config_t *cfg);
+void lg_message_shared_free(lg_message_shared_t *sh);
+
+/* A worker's Send handler over its connections (borrowed: free this first).
+ * Prepares statements on db.  Returns IM_OK and *out, or the prepare error. */
+im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *redis,
+                        lg_seq_t *seq, lg_session_t *sessions, lg_message_t **out);
+void lg_message_free(lg_message_t *m);
+
+/* Publishes d (packed) to the fan-out exchange with routing key rkey,
+ * without a confirm.  Any thread. */
+void lg_message_fanout(lg_message_shared_t *sh, const char *rkey, const Im__V1__Delivery *d);
+
+/* Serves one Send call: completes it now on an error or a duplicate, or later
+ * from the publisher thread once the broker answered.  The worker's thread. */
+void lg_message_send(lg_message_t *m, im_rpc_call_t *call);
+
+#endif

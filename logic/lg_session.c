@@ -1,0 +1,267 @@
+#include "lg_session.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "im_alloc.h"
+#include "im_log.h"
+#include "im_time.h"
+
+#define ROUTE_TTL_MS (7LL * 24 * 3600 * 1000)
+#define KEY_MAX 48
+#define MEMBER_MAX (LG_GATEWAY_ID_MAX + 1 + LG_SESSION_ID_MAX + 1)
+
+/* The gateway part of a route member "<gateway>/<session>", or nil. */
+#define LUA_GATEWAY_OF "local function gw_of(m) return string.match(m, '^(.*)/[^/]*$') end\n"
+/* Live members other than ARGV[1] of KEYS[1], removing the dead ones. */
+#define LUA_COUNT_LIVE                                                                             \
+    "local live = 0\n"                                                                             \
+    "for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n"                                \
+    "  if m ~= ARGV[1] then\n"                                                                     \
+    "    local gw = gw_of(m)\n"                                                                    \
+    "    if gw and redis.call('EXISTS', 'im:gw:' .. gw) == 1 then live = live + 1\n"               \
+    "    else redis.call('ZREM', KEYS[1], m) end\n"                                                \
+    "  end\n"                                                                                      \
+    "end\n"
+
+/* KEYS[1] route set; ARGV: member, now ms, gateway, lease ms, route ttl ms.
+ * Returns how many other live sessions the user has. */
+static const char online_lua[] = LUA_GATEWAY_OF
+    "redis.call('SET', 'im:gw:' .. ARGV[3], '1', 'PX', ARGV[4])\n" LUA_COUNT_LIVE
+    "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[5])\n"
+    "return live\n";
+
+/* KEYS[1] route set; ARGV[1] member.  Returns the live sessions left. */
+static const char offline_lua[] = LUA_GATEWAY_OF "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    LUA_COUNT_LIVE "return live\n";
+
+/* KEYS: route sets.  Returns, per key, the distinct live gateways. */
+static const char routes_lua[] = LUA_GATEWAY_OF
+    "local out = {}\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  local gws, seen = {}, {}\n"
+    "  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do\n"
+    "    local gw = gw_of(m)\n"
+    "    if gw and redis.call('EXISTS', 'im:gw:' .. gw) == 1 then\n"
+    "      if not seen[gw] then seen[gw] = true; gws[#gws + 1] = gw end\n"
+    "    else redis.call('ZREM', k, m) end\n"
+    "  end\n"
+    "  out[i] = gws\n"
+    "end\n"
+    "return out\n";
+
+struct lg_session_s {
+    im_redis_t *redis;
+    int64_t ttl_ms;
+    im_redis_script_t online;
+    im_redis_script_t offline;
+    im_redis_script_t routes;
+};
+
+lg_session_t *lg_session_new(im_redis_t *redis, int64_t ttl_ms)
+{
+    lg_session_t *s = im_calloc(1, sizeof(*s));
+
+    s->redis = redis;
+    s->ttl_ms = ttl_ms > 0 ? ttl_ms : LG_SESSION_TTL_DEFAULT_MS;
+    s->online = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(online_lua);
+    s->offline = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(offline_lua);
+    s->routes = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(routes_lua);
+    return s;
+}
+
+void lg_session_free(lg_session_t *s)
+{
+    im_free(s);
+}
+
+bool lg_session_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+
+    if (n == 0 || n > LG_GATEWAY_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static im_rpc_code_t check_request(const Im__V1__SessionRequest *req, bool need_session, char *msg,
+                                   size_t msglen)
+{
+    if (!lg_session_id_ok(req->gateway_id)) {
+        snprintf(msg, msglen, "bad_gateway_id: 1..%d of [A-Za-z0-9._:-]", LG_GATEWAY_ID_MAX);
+        return IM_RPC_INVALID_ARGUMENT;
+    }
+    if (!need_session)
+        return IM_RPC_OK;
+    if (req->user_id == 0) {
+        snprintf(msg, msglen, "bad_user: user_id is required");
+        return IM_RPC_INVALID_ARGUMENT;
+    }
+    if (!lg_session_id_ok(req->session_id)) {
+        snprintf(msg, msglen, "bad_session_id: 1..%d of [A-Za-z0-9._:-]", LG_SESSION_ID_MAX);
+        return IM_RPC_INVALID_ARGUMENT;
+    }
+    return IM_RPC_OK;
+}
+
+/* A failed Redis call: reconnect for the next one and report UNAVAILABLE. */
+static im_rpc_code_t redis_status(lg_session_t *s, im_err_t rc, const char *what, char *msg,
+                                  size_t msglen)
+{
+    im_log_warn("session: %s: %s (%s)", what, im_strerror(rc), im_redis_error(s->redis));
+    if (!im_redis_is_open(s->redis))
+        im_redis_reconnect(s->redis);
+    snprintf(msg, msglen, "redis_unavailable: the session store is unavailable, try again");
+    return IM_RPC_UNAVAILABLE;
+}
+
+/* Runs script on the user's route set with ARGV[1] = the session's member
+ * and more args; *live gets the script's integer result. */
+static im_err_t run_on_route(lg_session_t *s, im_redis_script_t *script,
+                             const Im__V1__SessionRequest *req, const char *const *more,
+                             int n_more, long long *live)
+{
+    char key[KEY_MAX], member[MEMBER_MAX];
+    const char *args[8];
+    im_redis_reply_t *rep = NULL;
+    im_err_t rc;
+    int argc = 0;
+
+    snprintf(key, sizeof(key), "im:route:%" PRIu64, req->user_id);
+    snprintf(member, sizeof(member), "%s/%s", req->gateway_id, req->session_id);
+    args[argc++] = key;
+    args[argc++] = member;
+    for (int i = 0; i < n_more; i++)
+        args[argc++] = more[i];
+    if (!im_redis_is_open(s->redis))
+        im_redis_reconnect(s->redis);
+    rc = im_redis_eval(s->redis, script, 1, argc, args, NULL, &rep);
+    if (rc != IM_OK)
+        return rc;
+    *live = im_redis_reply_int(rep);
+    im_redis_reply_free(rep);
+    return IM_OK;
+}
+
+im_rpc_code_t lg_session_online(lg_session_t *s, const Im__V1__SessionRequest *req,
+                                Im__V1__SessionResponse *resp, char *msg, size_t msglen)
+{
+    char now[24], ttl[24], route_ttl[24];
+    const char *more[4] = {now, req->gateway_id, ttl, route_ttl};
+    im_rpc_code_t code = check_request(req, true, msg, msglen);
+    long long others = 0;
+    im_err_t rc;
+
+    if (code != IM_RPC_OK)
+        return code;
+    snprintf(now, sizeof(now), "%" PRIu64, im_wall_ms());
+    snprintf(ttl, sizeof(ttl), "%" PRId64, s->ttl_ms);
+    snprintf(route_ttl, sizeof(route_ttl), "%lld", ROUTE_TTL_MS);
+    rc = run_on_route(s, &s->online, req, more, 4, &others);
+    if (rc != IM_OK)
+        return redis_status(s, rc, "online", msg, msglen);
+    resp->ttl_ms = s->ttl_ms;
+    resp->first = others == 0;
+    return IM_RPC_OK;
+}
+
+im_rpc_code_t lg_session_offline(lg_session_t *s, const Im__V1__SessionRequest *req,
+                                 Im__V1__SessionResponse *resp, char *msg, size_t msglen)
+{
+    im_rpc_code_t code = check_request(req, true, msg, msglen);
+    long long left = 0;
+    im_err_t rc;
+
+    if (code != IM_RPC_OK)
+        return code;
+    rc = run_on_route(s, &s->offline, req, NULL, 0, &left);
+    if (rc != IM_OK)
+        return redis_status(s, rc, "offline", msg, msglen);
+    resp->ttl_ms = s->ttl_ms;
+    resp->last = left == 0;
+    return IM_RPC_OK;
+}
+
+im_rpc_code_t lg_session_heartbeat(lg_session_t *s, const Im__V1__SessionRequest *req,
+                                   Im__V1__SessionResponse *resp, char *msg, size_t msglen)
+{
+    im_rpc_code_t code = check_request(req, false, msg, msglen);
+    im_err_t rc;
+
+    if (code != IM_RPC_OK)
+        return code;
+    if (!im_redis_is_open(s->redis))
+        im_redis_reconnect(s->redis);
+    rc = im_redis_command(s->redis, NULL, "SET im:gw:%s 1 PX %" PRId64, req->gateway_id,
+                          s->ttl_ms);
+    if (rc != IM_OK)
+        return redis_status(s, rc, "heartbeat", msg, msglen);
+    resp->ttl_ms = s->ttl_ms;
+    return IM_RPC_OK;
+}
+
+/* Adds user to gateway's entry in out[0..*n), making one if needed. */
+static void route_add(lg_route_t *out, size_t *n, const char *gateway, size_t len, uint64_t user)
+{
+    size_t i;
+
+    for (i = 0; i < *n; i++)
+        if (strlen(out[i].gateway) == len && memcmp(out[i].gateway, gateway, len) == 0)
+            break;
+    if (i == *n) {
+        if (*n == LG_ROUTES_MAX || len > LG_GATEWAY_ID_MAX) {
+            im_log_warn("session: user %" PRIu64 " on too many gateways: %.*s not routed to",
+                        user, (int)len, gateway);
+            return;
+        }
+        memcpy(out[i].gateway, gateway, len);
+        out[i].gateway[len] = '\0';
+        out[i].n_users = 0;
+        (*n)++;
+    }
+    if (out[i].n_users < LG_ROUTE_USERS_MAX)
+        out[i].users[out[i].n_users++] = user;
+}
+
+im_err_t lg_session_routes(lg_session_t *s, const uint64_t *users, size_t n, lg_route_t *out,
+                           size_t *n_out)
+{
+    char keys[LG_ROUTE_USERS_MAX][KEY_MAX];
+    const char *args[LG_ROUTE_USERS_MAX];
+    im_redis_reply_t *rep = NULL;
+    im_err_t rc;
+
+    *n_out = 0;
+    if (n == 0 || n > LG_ROUTE_USERS_MAX)
+        return IM_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "im:route:%" PRIu64, users[i]);
+        args[i] = keys[i];
+    }
+    if (!im_redis_is_open(s->redis))
+        im_redis_reconnect(s->redis);
+    rc = im_redis_eval(s->redis, &s->routes, (int)n, (int)n, args, NULL, &rep);
+    if (rc != IM_OK)
+        return rc;
+    for (size_t i = 0; i < n && i < im_redis_reply_count(rep); i++) {
+        const im_redis_reply_t *gws = im_redis_reply_elem(rep, i);
+
+        for (size_t j = 0; j < im_redis_reply_count(gws); j++) {
+            size_t len = 0;
+            const char *gw = im_redis_reply_str(im_redis_reply_elem(gws, j), &len);
+
+            if (gw != NULL)
+                route_add(out, n_out, gw, len, users[i]);
+        }
+    }
+    im_redis_reply_free(rep);
+    return IM_OK;
+}
