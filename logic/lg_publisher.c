@@ -347,10 +347,13 @@ static void *publisher_main(void *arg)
         expire_ready(p, now);
         if (!publish_ready(p))
             continue; /* lost: reconnect at the top */
-        /* Wait briefly for confirms when some are due; just service the
-         * socket (heartbeats) otherwise. */
-        if (im_amqp_publisher_poll(p->pub, p->ninflight && p->ready.head == NULL ? 1 : 0) ==
-            IM_ECLOSED)
+        /* Wait briefly for confirms when some are due and nothing more can be
+         * published now (none ready, or the window is full: polling without a
+         * wait then would spin); just service the socket otherwise. */
+        if (im_amqp_publisher_poll(p->pub, p->ninflight &&
+                                               (p->ready.head == NULL || p->ninflight >= p->window)
+                                           ? 1
+                                           : 0) == IM_ECLOSED)
             continue;
     }
     fail_all_held(p);
