@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "im.pb-c.h"
@@ -15,6 +16,46 @@
 #define KEY_MAX (32 + 20 + LG_CLIENT_MSG_ID_MAX)
 #define RECORD_MAX 128
 
+/* Users known to exist, so a direct send need not ask MySQL each time.
+ * Direct-mapped; an entry is trusted for USER_CACHE_MS (users are never
+ * removed, only soft-deleted, which does not stop delivery today). */
+#define USER_CACHE_SIZE 4096
+#define USER_CACHE_MS 60000
+typedef struct {
+    uint64_t id[USER_CACHE_SIZE];
+    uint64_t until_ms[USER_CACHE_SIZE];
+} user_cache_t;
+
+static bool user_cached(const user_cache_t *c, uint64_t id, uint64_t now)
+{
+    size_t i = (size_t)(id * 0x9E3779B97F4A7C15ull >> 52) % USER_CACHE_SIZE;
+
+    return c->id[i] == id && c->until_ms[i] > now;
+}
+
+static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
+{
+    size_t i = (size_t)(id * 0x9E3779B97F4A7C15ull >> 52) % USER_CACHE_SIZE;
+
+    c->id[i] = id;
+    c->until_ms[i] = now + USER_CACHE_MS;
+}
+
+/* Claims KEYS[1] ("pending", NX, ARGV[1] ms).  KEYS[2] holds
+ * "<run_id> <check_until_ms>": until then, claims must also be checked
+ * against the table, because this server (ARGV[2] is its run_id) may have
+ * lost records.  Returns {1, check_until} when claimed, {1, ""} when claimed
+ * but KEYS[2] is missing or from another run (the caller computes and sets
+ * it), {0, current value} when not claimed. */
+static const char claim_lua[] =
+    "if not redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then\n"
+    "  return {0, redis.call('GET', KEYS[1]) or ''}\n"
+    "end\n"
+    "local v = redis.call('GET', KEYS[2]) or ''\n"
+    "local rid, untl = string.match(v, '^(%S+) (%d+)$')\n"
+    "if rid ~= ARGV[2] then return {1, ''} end\n"
+    "return {1, untl}\n";
+
 struct lg_message_shared_s {
     lg_message_config_t cfg;
     im_redis_t *redis; /* publisher thread only */
@@ -26,9 +67,12 @@ struct lg_message_s {
     im_redis_t *redis;
     lg_seq_t *seq;
     lg_session_t *sessions;
+    im_redis_script_t claim;
+    user_cache_t users; /* recipients known to exist */
     im_mysql_stmt_t *user_exists;
     im_mysql_stmt_t *group_member;
     im_mysql_stmt_t *find_sent;
+    im_mysql_stmt_t *newest;
 };
 
 /* One accepted message waiting for its confirm; freed by the callback. */
@@ -53,6 +97,7 @@ static const struct {
     {offsetof(lg_message_t, group_member),
      "SELECT EXISTS (SELECT 1 FROM group_members m WHERE m.group_id = g.id AND m.user_id = ?) "
      "FROM `groups` g WHERE g.id = ?"},
+    {offsetof(lg_message_t, newest), "SELECT COALESCE(MAX(id), 0) FROM messages"},
     {offsetof(lg_message_t, find_sent),
      "SELECT id, conv_id, seq, created_at_ms FROM messages "
      "WHERE sender_id = ? AND client_msg_id = ?"},
@@ -84,6 +129,7 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
     m->redis = redis;
     m->seq = seq;
     m->sessions = sessions;
+    m->claim = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(claim_lua);
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++) {
         im_mysql_stmt_t **st = (im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset);
         im_err_t rc = im_mysql_prepare(db, statements[i].sql, st);
@@ -143,13 +189,29 @@ static im_rpc_code_t validate(const lg_message_t *m, const Im__V1__SendRequest *
     return IM_RPC_INVALID_ARGUMENT;
 }
 
+/* The conversation of a send: "g:<group>" or "d:<lower>:<higher>". */
+static im_rpc_code_t conv_of(const Im__V1__SendRequest *req, char *conv)
+{
+    if (req->to_group) {
+        snprintf(conv, CONV_MAX + 1, "g:%" PRIu64, req->to_group);
+    } else {
+        uint64_t lo = req->sender < req->to_user ? req->sender : req->to_user;
+        uint64_t hi = req->sender < req->to_user ? req->to_user : req->sender;
+        snprintf(conv, CONV_MAX + 1, "d:%" PRIu64 ":%" PRIu64, lo, hi);
+    }
+    return IM_RPC_OK;
+}
+
 /* Checks that the target exists and the sender may write to it; sets conv. */
 static im_rpc_code_t check_target(lg_message_t *m, const Im__V1__SendRequest *req, char *conv,
                                   char *msg, size_t msglen)
 {
     im_mysql_stmt_t *st = req->to_user ? m->user_exists : m->group_member;
+    uint64_t now = im_mono_ms();
     im_err_t rc;
 
+    if (req->to_user && user_cached(&m->users, req->to_user, now))
+        return conv_of(req, conv);
     if (req->to_user) {
         im_mysql_bind_u64(st, 0, req->to_user);
     } else {
@@ -170,14 +232,9 @@ static im_rpc_code_t check_target(lg_message_t *m, const Im__V1__SendRequest *re
         snprintf(msg, msglen, "not_member: you are not a member of group %" PRIu64, req->to_group);
         return IM_RPC_PERMISSION_DENIED;
     }
-    if (req->to_group) {
-        snprintf(conv, CONV_MAX + 1, "g:%" PRIu64, req->to_group);
-    } else {
-        uint64_t lo = req->sender < req->to_user ? req->sender : req->to_user;
-        uint64_t hi = req->sender < req->to_user ? req->to_user : req->sender;
-        snprintf(conv, CONV_MAX + 1, "d:%" PRIu64 ":%" PRIu64, lo, hi);
-    }
-    return IM_RPC_OK;
+    if (req->to_user)
+        user_cache_put(&m->users, req->to_user, now);
+    return conv_of(req, conv);
 }
 
 /* ------------------------------------------------------------ dedup */
@@ -217,30 +274,62 @@ static im_rpc_code_t redis_status(lg_message_t *m, im_err_t rc, char *msg, size_
     return IM_RPC_UNAVAILABLE;
 }
 
-/* Claims key for this send.  Returns IM_RPC_OK with *claimed true when the
- * caller goes on, or with *claimed false when the call was answered as a
- * duplicate; another code (msg set) otherwise. */
-static im_rpc_code_t claim(lg_message_t *m, im_rpc_call_t *call, const char *key, bool *claimed,
-                           char *msg, size_t msglen)
+/* This Redis run may lack the dedup records of every message sent up to 24 h
+ * before it started: until 24 h after the newest stored message (its id
+ * holds its time), claims are also checked against the table.  Records it
+ * in LG_DEDUP_SINCE_KEY for the run.  On a database error: 24 h from now. */
+static uint64_t check_until(lg_message_t *m, const char *run_id)
 {
-    im_redis_reply_t *rep = NULL;
-    im_err_t rc = im_redis_command(m->redis, &rep, "SET %s pending NX PX %d", key,
-                                   LG_DEDUP_TTL_MS);
-    bool set;
+    uint64_t until = im_wall_ms() + LG_DEDUP_TTL_MS;
+    im_err_t rc = im_mysql_stmt_exec(m->newest);
+    char value[96];
 
+    if (rc == IM_OK && (rc = im_mysql_stmt_next(m->newest)) == IM_OK) {
+        uint64_t newest = im_mysql_col_u64(m->newest, 0);
+        until = newest ? im_id_unix_ms(newest) + LG_DEDUP_TTL_MS : 0;
+    }
+    im_log_info("send: redis run %.8s: dedup is also checked in MySQL until %" PRIu64
+                " (unix ms)", run_id, until);
+    snprintf(value, sizeof(value), "%s %" PRIu64, run_id, until);
+    if (im_redis_command(m->redis, NULL, "SET %s %s", LG_DEDUP_SINCE_KEY, value) != IM_OK)
+        im_log_warn("send: recording the dedup check window failed");
+    return until;
+}
+
+/* Claims key for this send.  Returns IM_RPC_OK with *claimed true when the
+ * caller goes on (*check_db: Redis may have lost records, ask the table
+ * too), or with *claimed false when the call was answered as a duplicate;
+ * another code (msg set) otherwise. */
+static im_rpc_code_t claim(lg_message_t *m, im_rpc_call_t *call, const char *key, bool *claimed,
+                           bool *check_db, char *msg, size_t msglen)
+{
+    char ttl[16];
+    const char *run_id = NULL, *args[4];
+    const char *second;
+    im_redis_reply_t *rep = NULL;
+    im_err_t rc;
+
+    if (!im_redis_is_open(m->redis))
+        im_redis_reconnect(m->redis);
+    rc = im_redis_run_id(m->redis, &run_id);
+    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+    args[0] = key;
+    args[1] = LG_DEDUP_SINCE_KEY;
+    args[2] = ttl;
+    args[3] = run_id;
+    if (rc == IM_OK)
+        rc = im_redis_eval(m->redis, &m->claim, 2, 4, args, NULL, &rep);
     if (rc != IM_OK)
         return redis_status(m, rc, msg, msglen);
-    set = im_redis_reply_type(rep) != IM_REDIS_NIL;
-    im_redis_reply_free(rep);
-    *claimed = set;
-    if (set)
+    *claimed = im_redis_reply_int(im_redis_reply_elem(rep, 0)) == 1;
+    second = im_redis_reply_str(im_redis_reply_elem(rep, 1), NULL);
+    if (*claimed) {
+        uint64_t until = *second ? strtoull(second, NULL, 10) : check_until(m, run_id);
+        *check_db = im_wall_ms() < until;
+        im_redis_reply_free(rep);
         return IM_RPC_OK;
-    rc = im_redis_command(m->redis, &rep, "GET %s", key);
-    if (rc != IM_OK)
-        return redis_status(m, rc, msg, msglen);
-    if (im_redis_reply_type(rep) == IM_REDIS_STR &&
-        strcmp(im_redis_reply_str(rep, NULL), "pending") != 0 &&
-        reply_from_record(call, im_redis_reply_str(rep, NULL))) {
+    }
+    if (strcmp(second, "pending") != 0 && reply_from_record(call, second)) {
         im_redis_reply_free(rep);
         return IM_RPC_OK;
     }
@@ -439,7 +528,7 @@ static im_rpc_code_t admit(lg_message_t *m, im_rpc_call_t *call, const Im__V1__S
                            char *conv, char *key, bool *go, char *msg, size_t msglen)
 {
     im_rpc_code_t code = validate(m, req, msg, msglen);
-    bool found;
+    bool found, check_db = true;
 
     *go = false;
     if (code == IM_RPC_OK)
@@ -447,8 +536,8 @@ static im_rpc_code_t admit(lg_message_t *m, im_rpc_call_t *call, const Im__V1__S
     if (code != IM_RPC_OK)
         return code;
     snprintf(key, KEY_MAX, "im:dedup:%" PRIu64 ":%s", req->sender, req->client_msg_id);
-    code = claim(m, call, key, go, msg, msglen);
-    if (code != IM_RPC_OK || !*go)
+    code = claim(m, call, key, go, &check_db, msg, msglen);
+    if (code != IM_RPC_OK || !*go || !check_db)
         return code;
     code = find_stored(m, call, req, &found, msg, msglen);
     if (code == IM_RPC_OK && !found)

@@ -22,14 +22,20 @@
  *
  * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, 24 h TTL.  It is set to
  * "pending" (SET NX) before anything is assigned, to "<id> <conv> <seq> <ts>"
- * after the confirm, and deleted when the publish fails.  A retry that finds
- * the record answers the original id, conv and seq with duplicate = true; one
- * that finds "pending" answers ABORTED.  When the key is missing (Redis lost
- * it) the messages table's unique key (sender_id, client_msg_id) is read
- * first.  Known window: after a Redis loss, a message that is confirmed but
- * still in the queue (not yet written) is not found there, so its retry is
- * accepted as new and the writer then drops it on that unique key: the client
- * holds the second id while the first one is stored.
+ * after the confirm and before the answer, and deleted when the publish
+ * fails.  A retry that finds the record answers the original id, conv and seq
+ * with duplicate = true; one that finds "pending" answers ABORTED.
+ * Redis may lose records (restart, failover, restore from a snapshot): the key
+ * LG_DEDUP_SINCE_KEY holds the server's run_id and until when claims must
+ * also be checked against the messages table's unique key (sender_id,
+ * client_msg_id).  When the run_id changed, that is 24 h after the newest
+ * stored message (read from its id): a fresh system, or one whose Redis kept
+ * running, costs no MySQL query per send.
+ * Redis must not evict keys (maxmemory-policy noeviction).  Known window:
+ * after a Redis loss, a message that is confirmed but still in the queue (not
+ * yet written) is not found there, so its retry is accepted as new and the
+ * writer then drops it on that unique key: the client holds the second id
+ * while the first one is stored.
  *
  * Fan-out: before publishing a direct message, the routes of the recipient
  * and of the sender (its other devices) are looked up in Redis (lg_session);
@@ -65,6 +71,7 @@
 #define LG_DELIVER_EXCHANGE "im.deliver"
 #define LG_CLIENT_MSG_ID_MAX 64
 #define LG_DEDUP_TTL_MS (24 * 3600 * 1000)
+#define LG_DEDUP_SINCE_KEY "im:dedup:since"
 
 typedef struct {
     const char *queue;            /* durable queue of ChatBatch messages (borrowed) */
