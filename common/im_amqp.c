@@ -436,6 +436,18 @@ im_err_t im_amqp_bind(im_amqp_conn_t *conn, const char *queue, const char *excha
     return check_reply(conn, amqp_get_rpc_reply(conn->amqp), "binding a queue");
 }
 
+im_err_t im_amqp_unbind(im_amqp_conn_t *conn, const char *queue, const char *exchange,
+                        const char *routing_key)
+{
+    im_err_t err = require_open(conn);
+
+    if (err != IM_OK)
+        return err;
+    amqp_queue_unbind(conn->amqp, CHANNEL, str_bytes(queue), str_bytes(exchange),
+                      str_bytes(routing_key), amqp_empty_table);
+    return check_reply(conn, amqp_get_rpc_reply(conn->amqp), "unbinding a queue");
+}
+
 /* ---------------------------------------------------------------- publisher */
 
 im_amqp_publisher_t *im_amqp_publisher_new(im_amqp_conn_t *conn, unsigned window,

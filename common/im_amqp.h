@@ -124,6 +124,10 @@ im_err_t im_amqp_delete_exchange(im_amqp_conn_t *conn, const char *name);
 im_err_t im_amqp_bind(im_amqp_conn_t *conn, const char *queue, const char *exchange,
                       const char *routing_key);
 
+/* Removes that binding.  Removing a binding that does not exist is IM_OK. */
+im_err_t im_amqp_unbind(im_amqp_conn_t *conn, const char *queue, const char *exchange,
+                        const char *routing_key);
+
 /* ================================================================ publisher */
 
 /* The outcome of one published message, reported exactly once per seqno:
