@@ -11,6 +11,7 @@
 #include "lg_auth.h"
 #include "lg_group.h"
 #include "lg_message.h"
+#include "lg_notify.h"
 #include "lg_seq.h"
 #include "lg_session.h"
 #include "lg_sync.h"
@@ -23,6 +24,7 @@ typedef struct session_s {
     lg_auth_t *auth;      /* db */
     lg_group_t *group;    /* db */
     lg_sync_t *sync;      /* db */
+    lg_notify_t *notify;  /* db */
     lg_session_t *routes; /* redis */
     lg_seq_t *seq;        /* db + redis */
     lg_message_t *message; /* db + redis */
@@ -80,6 +82,8 @@ static void session_drop_db(session_t *s)
     lg_auth_free(s->auth);
     lg_group_free(s->group);
     lg_sync_free(s->sync);
+    lg_notify_free(s->notify);
+    s->notify = NULL;
     im_mysql_close(s->db);
     s->auth = NULL;
     s->group = NULL;
@@ -113,8 +117,9 @@ static im_err_t ready_db(lg_rpc_t *r, session_t *s)
     }
     if (rc == IM_OK && s->auth == NULL) {
         if ((rc = lg_auth_new(s->db, &r->keys, &s->auth)) == IM_OK &&
-            (rc = lg_group_new(s->db, r->cfg.ids, &s->group)) == IM_OK)
-            rc = lg_sync_new(s->db, r->shared, &s->sync);
+            (rc = lg_group_new(s->db, r->cfg.ids, &s->group)) == IM_OK &&
+            (rc = lg_sync_new(s->db, r->shared, &s->sync)) == IM_OK)
+            rc = lg_notify_new(s->db, r->shared, &s->notify);
         if (rc != IM_OK) {
             im_log_warn("rpc: preparing statements: %s (%s)", im_strerror(rc),
                         im_mysql_error(s->db));
@@ -211,12 +216,6 @@ DB_HANDLER(signup, auth, lg_auth_signup, Im__V1__RegisterRequest, Im__V1__Regist
            IM__V1__REGISTER_RESPONSE__INIT)
 DB_HANDLER(login, auth, lg_auth_login, Im__V1__LoginRequest, Im__V1__LoginResponse,
            IM__V1__LOGIN_RESPONSE__INIT)
-DB_HANDLER(create, group, lg_group_create, Im__V1__CreateGroupRequest, Im__V1__GroupResponse,
-           IM__V1__GROUP_RESPONSE__INIT)
-DB_HANDLER(join, group, lg_group_join, Im__V1__GroupRequest, Im__V1__GroupResponse,
-           IM__V1__GROUP_RESPONSE__INIT)
-DB_HANDLER(leave, group, lg_group_leave, Im__V1__GroupRequest, Im__V1__GroupResponse,
-           IM__V1__GROUP_RESPONSE__INIT)
 DB_HANDLER(members, group, lg_group_members, Im__V1__GroupRequest, Im__V1__MembersResponse,
            IM__V1__MEMBERS_RESPONSE__INIT)
 DB_HANDLER(mine, group, lg_group_mine, Im__V1__MyGroupsRequest, Im__V1__MyGroupsResponse,
@@ -227,12 +226,81 @@ DB_HANDLER(history, sync, lg_sync_history, Im__V1__HistoryRequest, Im__V1__Histo
            IM__V1__HISTORY_RESPONSE__INIT)
 DB_HANDLER(conversations, sync, lg_sync_conversations, Im__V1__ConversationsRequest,
            Im__V1__ConversationsResponse, IM__V1__CONVERSATIONS_RESPONSE__INIT)
-REDIS_HANDLER(online, lg_session_online, Im__V1__SessionResponse,
-              IM__V1__SESSION_RESPONSE__INIT)
-REDIS_HANDLER(offline, lg_session_offline, Im__V1__SessionResponse,
-              IM__V1__SESSION_RESPONSE__INIT)
 REDIS_HANDLER(heartbeat, lg_session_heartbeat, Im__V1__SessionResponse,
               IM__V1__SESSION_RESPONSE__INIT)
+
+/* Group changes that move a user in or out of a group tell the gateways
+ * holding that user (they bind or unbind the group's routing key). */
+#define GROUP_CHANGE_HANDLER(name, fn, ReqT, joined)                                               \
+    static void name##_cb(im_rpc_call_t *call, void *arg)                                          \
+    {                                                                                              \
+        lg_rpc_t *r = arg;                                                                         \
+        const ReqT *req = (const ReqT *)im_rpc_call_request(call);                                 \
+        Im__V1__GroupResponse resp = IM__V1__GROUP_RESPONSE__INIT;                                 \
+        char msg[256];                                                                             \
+        session_t *s = session_take(r);                                                            \
+        im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));                       \
+                                                                                                   \
+        if (code == IM_RPC_OK)                                                                     \
+            code = fn(s->group, req, &resp, msg, sizeof(msg));                                     \
+        if (code == IM_RPC_OK && resp.group != NULL && ready_redis(r, s) == IM_OK)                 \
+            lg_notify_group_event(r->shared, s->routes, resp.group->id, req->user_id, joined);     \
+        complete(call, code, &resp.base, msg);                                                     \
+        session_give(r, s);                                                                        \
+    }
+
+GROUP_CHANGE_HANDLER(create, lg_group_create, Im__V1__CreateGroupRequest, true)
+GROUP_CHANGE_HANDLER(join, lg_group_join, Im__V1__GroupRequest, true)
+GROUP_CHANGE_HANDLER(leave, lg_group_leave, Im__V1__GroupRequest, false)
+
+/* Online and Offline need only Redis; when the user's first session came
+ * or its last went, its peers and groups are told (if MySQL is there to say
+ * who they are). */
+static void session_change(im_rpc_call_t *call, lg_rpc_t *r, bool online)
+{
+    const Im__V1__SessionRequest *req = (const Im__V1__SessionRequest *)im_rpc_call_request(call);
+    Im__V1__SessionResponse resp = IM__V1__SESSION_RESPONSE__INIT;
+    char msg[256];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_REDIS, msg, sizeof(msg));
+
+    if (code == IM_RPC_OK)
+        code = online ? lg_session_online(s->routes, req, &resp, msg, sizeof(msg))
+                      : lg_session_offline(s->routes, req, &resp, msg, sizeof(msg));
+    complete(call, code, &resp.base, msg);
+    if (code == IM_RPC_OK && (online ? resp.first : resp.last) && ready_db(r, s) == IM_OK)
+        lg_notify_presence(s->notify, s->routes, req->user_id, online);
+    session_give(r, s);
+}
+
+static void online_cb(im_rpc_call_t *call, void *arg)
+{
+    session_change(call, arg, true);
+}
+
+static void offline_cb(im_rpc_call_t *call, void *arg)
+{
+    session_change(call, arg, false);
+}
+
+/* Typing needs the database (may the user write there?) and routes. */
+static void typing_cb(im_rpc_call_t *call, void *arg)
+{
+    lg_rpc_t *r = arg;
+    Im__V1__TypingResponse resp = IM__V1__TYPING_RESPONSE__INIT;
+    char msg[256];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));
+
+    if (code == IM_RPC_OK) {
+        lg_session_t *routes = ready_redis(r, s) == IM_OK ? s->routes : NULL;
+        code = lg_notify_typing(s->notify, routes,
+                                (const Im__V1__TypingRequest *)im_rpc_call_request(call), &resp,
+                                msg, sizeof(msg));
+    }
+    complete(call, code, &resp.base, msg);
+    session_give(r, s);
+}
 
 /* The receipt of a direct conversation is routed through Redis when it is
  * there; the mark itself needs only the database. */
@@ -293,8 +361,8 @@ static const im_rpc_method_t group_methods[] = {
     {create_cb, true}, {join_cb, true}, {leave_cb, true}, {members_cb, true}, {mine_cb, true},
 };
 static const im_rpc_method_t message_methods[] = {
-    {send_cb, true}, {sync_cb, true}, {history_cb, true}, {mark_read_cb, true},
-    {conversations_cb, true},
+    {send_cb, true},          {sync_cb, true},   {history_cb, true}, {mark_read_cb, true},
+    {conversations_cb, true}, {typing_cb, true},
 };
 static const im_rpc_method_t session_methods[] = {
     {online_cb, true},

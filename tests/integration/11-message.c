@@ -39,7 +39,7 @@ static unsigned serial;
 /* Method numbers, in proto/im.proto order. */
 enum { SIGNUP };
 enum { CREATE, JOIN };
-enum { SEND, SYNC, HISTORY, MARK_READ, CONVERSATIONS };
+enum { SEND, SYNC, HISTORY, MARK_READ, CONVERSATIONS, TYPING };
 enum { ONLINE, OFFLINE, HEARTBEAT };
 
 static bool starts_with(const char *s, const char *prefix)
@@ -178,11 +178,20 @@ static Im__V1__Delivery *next_delivery(char *rkey, size_t rkeylen)
     return out;
 }
 
-static void no_more_deliveries(void)
+/* The next delivery, skipping those of other kinds than `want`
+ * ('m'essage, 'r'eceipt, 't'yping, 'p'resence, 'g'roup event); NULL after 3 s. */
+static Im__V1__Delivery *next_of_kind(char want, char *rkey, size_t rkeylen)
 {
-    im_amqp_delivery_t d;
+    Im__V1__Delivery *d;
 
-    ASSERT_EQ(im_amqp_consumer_next(amqp, 300, &d), IM_EAGAIN);
+    while ((d = next_delivery(rkey, rkeylen)) != NULL) {
+        if ((want == 'm' && d->message) || (want == 'r' && d->receipt) ||
+            (want == 't' && d->typing) || (want == 'p' && d->presence) ||
+            (want == 'g' && d->group_event))
+            return d;
+        protobuf_c_message_free_unpacked(&d->base, NULL);
+    }
+    return NULL;
 }
 
 /* ------------------------------------------------------------ tests */
@@ -295,7 +304,7 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:gw:it11-dead"), IM_OK);
     ASSERT_EQ(send_msg(a, b, 0, "f-1", "to b", &r, msg, sizeof(msg)), IM_RPC_OK);
     for (int i = 0; i < 2; i++) {
-        d = next_delivery(rkey, sizeof(rkey));
+        d = next_of_kind('m', rkey, sizeof(rkey));
         ASSERT_TRUE(d != NULL && d->message != NULL);
         ASSERT_U64_EQ(d->message->id, r->id);
         ASSERT_STR_EQ(d->message->body, "to b");
@@ -308,7 +317,7 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     }
     ASSERT_EQ(seen_a, 1);
     ASSERT_EQ(seen_b, 1);
-    no_more_deliveries();
+    ASSERT_TRUE(next_of_kind('m', NULL, 0) == NULL);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     /* The dead gateway's route was pruned on the way. */
     {
@@ -317,11 +326,11 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
         ASSERT_EQ(im_redis_reply_int(rep), 1); /* not looked up yet: c got nothing */
         im_redis_reply_free(rep);
         ASSERT_EQ(send_msg(a, c, 0, "f-2", "to c", NULL, msg, sizeof(msg)), IM_RPC_OK);
-        d = next_delivery(rkey, sizeof(rkey)); /* a's other device only */
+        d = next_of_kind('m', rkey, sizeof(rkey)); /* a's other device only */
         ASSERT_TRUE(d != NULL);
         ASSERT_STR_EQ(rkey + 3, gw_b);
         protobuf_c_message_free_unpacked(&d->base, NULL);
-        no_more_deliveries();
+        ASSERT_TRUE(next_of_kind('m', NULL, 0) == NULL);
         ASSERT_EQ(im_redis_command(redis, &rep, "ZCARD im:route:%" PRIu64, c), IM_OK);
         ASSERT_EQ(im_redis_reply_int(rep), 0);
         im_redis_reply_free(rep);
@@ -331,7 +340,7 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     ASSERT_EQ(im_amqp_bind(amqp, fanout_queue, EXCHANGE, want), IM_OK);
     join(b, g);
     ASSERT_EQ(send_msg(a, 0, g, "f-3", "to the group", &r, msg, sizeof(msg)), IM_RPC_OK);
-    d = next_delivery(rkey, sizeof(rkey));
+    d = next_of_kind('m', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL && d->message != NULL);
     ASSERT_STR_EQ(rkey, want);
     ASSERT_U64_EQ(d->message->to_group, g);
@@ -339,7 +348,6 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     ASSERT_EQ(d->n_user_ids, 0);
     protobuf_c_message_free_unpacked(&d->base, NULL);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    no_more_deliveries();
 }
 
 static Im__V1__SyncResponse *sync_call(uint64_t user, const char *conv, uint64_t have,
@@ -548,7 +556,7 @@ TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
     while ((d = next_delivery(NULL, 0)) != NULL) /* (nothing: a came online after) */
         protobuf_c_message_free_unpacked(&d->base, NULL);
     ASSERT_U64_EQ(mark_read(b, conv, seqs[2]), seqs[2]);
-    d = next_delivery(rkey, sizeof(rkey));
+    d = next_of_kind('r', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL && d->receipt != NULL && d->message == NULL);
     ASSERT_STR_EQ(rkey + 3, gw_a);
     ASSERT_STR_EQ(d->receipt->conv, conv);
@@ -557,7 +565,7 @@ TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
     protobuf_c_message_free_unpacked(&d->base, NULL);
     /* Lower marks change nothing and tell nobody. */
     ASSERT_U64_EQ(mark_read(b, conv, seqs[0]), seqs[2]);
-    no_more_deliveries();
+    ASSERT_TRUE(next_of_kind('r', NULL, 0) == NULL);
     for (int i = 0; i < 100; i++) { /* until the writer stored all five */
         cr = conversations(b);
         c = find_conv(cr, conv);
@@ -588,6 +596,73 @@ TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
                        sizeof(msg)),
                   IM_RPC_PERMISSION_DENIED);
     }
+}
+
+TEST(typing_presence_and_group_events_reach_online_users)
+{
+    uint64_t a = new_user("ntf"), b = new_user("ntf"), eve = new_user("ntf");
+    Im__V1__TypingRequest treq = IM__V1__TYPING_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    Im__V1__Delivery *d;
+    char msg[256], rkey[256];
+    uint64_t g;
+
+    /* a and b have a direct chat; a is online on gateway A. */
+    ASSERT_EQ(send_msg(a, b, 0, "n-1", "hi", NULL, msg, sizeof(msg)), IM_RPC_OK);
+    for (int i = 0; i < 100; i++) { /* user_convs is written with the message */
+        Im__V1__ConversationsResponse *cr = conversations(a);
+        size_t n = cr->n_conversations;
+        protobuf_c_message_free_unpacked(&cr->base, NULL);
+        if (n > 0)
+            break;
+        it_sleep_ms(50);
+    }
+    online(a, gw_a, "a1");
+    /* b typing to a. */
+    treq.user_id = b;
+    treq.to_user = a;
+    ASSERT_EQ(call(&im__v1__message__descriptor, TYPING, &treq.base, &resp, msg, sizeof(msg)),
+              IM_RPC_OK);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    d = next_of_kind('t', rkey, sizeof(rkey));
+    ASSERT_TRUE(d != NULL);
+    ASSERT_U64_EQ(d->typing->user_id, b);
+    ASSERT_EQ(d->n_user_ids, 1);
+    ASSERT_U64_EQ(d->user_ids[0], a);
+    protobuf_c_message_free_unpacked(&d->base, NULL);
+    /* b's first session: a hears b is online; b's last going: offline. */
+    online(b, gw_b, "b1");
+    d = next_of_kind('p', rkey, sizeof(rkey));
+    ASSERT_TRUE(d != NULL);
+    ASSERT_U64_EQ(d->presence->user_id, b);
+    ASSERT_TRUE(d->presence->online);
+    ASSERT_STR_EQ(rkey + 3, gw_a);
+    protobuf_c_message_free_unpacked(&d->base, NULL);
+    protobuf_c_message_free_unpacked(&session(OFFLINE, b, gw_b, "b1", IM_RPC_OK)->base, NULL);
+    d = next_of_kind('p', rkey, sizeof(rkey));
+    ASSERT_TRUE(d != NULL);
+    ASSERT_TRUE(!d->presence->online);
+    protobuf_c_message_free_unpacked(&d->base, NULL);
+    /* a joins a group: a's gateway hears of it. */
+    g = new_group(eve);
+    d = next_of_kind('g', rkey, sizeof(rkey)); /* eve is not online: nothing for her */
+    ASSERT_TRUE(d == NULL);
+    join(a, g);
+    d = next_of_kind('g', rkey, sizeof(rkey));
+    ASSERT_TRUE(d != NULL);
+    ASSERT_U64_EQ(d->group_event->group_id, g);
+    ASSERT_U64_EQ(d->group_event->user_id, a);
+    ASSERT_TRUE(d->group_event->joined);
+    ASSERT_STR_EQ(rkey + 3, gw_a);
+    protobuf_c_message_free_unpacked(&d->base, NULL);
+    /* Typing into a group one is not in is refused. */
+    treq.to_user = 0;
+    treq.to_group = g;
+    ASSERT_EQ(call(&im__v1__message__descriptor, TYPING, &treq.base, &resp, msg, sizeof(msg)),
+              IM_RPC_PERMISSION_DENIED);
+    protobuf_c_message_free_unpacked(&session(OFFLINE, a, gw_a, "a1", IM_RPC_OK)->base, NULL);
+    while ((d = next_delivery(NULL, 0)) != NULL)
+        protobuf_c_message_free_unpacked(&d->base, NULL);
 }
 
 /* ------------------------------------------------------------ kill -9 */
@@ -707,6 +782,7 @@ int main(int argc, char **argv)
     RUN(sync_after_offline_returns_exactly_the_missed_messages_in_order);
     RUN(history_pages_backwards_and_only_for_participants);
     RUN(mark_read_never_goes_back_tells_the_peer_and_counts_unread);
+    RUN(typing_presence_and_group_events_reach_online_users);
     RUN(kill9_while_sending_every_acked_message_is_stored_once);
     if (!it_logic_stop(&lg)) {
         fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
