@@ -212,8 +212,10 @@ void lg_notify_presence(lg_notify_t *n, lg_session_t *sessions, uint64_t user, b
     k = collect(n->peers, user, ids, LG_PRESENCE_PEERS_MAX, pick_peer);
     to_users(n->sh, sessions, ids, k, &d);
     k = collect(n->groups, user, ids, LG_PRESENCE_GROUPS_MAX, pick_group);
-    for (size_t i = 0; i < k; i++)
+    for (size_t i = 0; i < k; i++) {
+        d.group_id = ids[i];
         to_group(n->sh, ids[i], &d);
+    }
 }
 
 void lg_notify_group_event(lg_message_shared_t *sh, lg_session_t *sessions, uint64_t group,
