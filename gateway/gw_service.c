@@ -1,0 +1,896 @@
+#include "gw_service.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gw_service_int.h"
+#include "im_alloc.h"
+#include "im_log.h"
+
+static char *dup_or_null(const char *s)
+{
+    return s ? im_strdup(s) : NULL;
+}
+
+/* One client per comma-separated address. */
+static void make_clients(gw_service_t *svc)
+{
+    char *list = im_strdup(svc->logic), *save = NULL;
+
+    for (char *t = strtok_r(list, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        svc->clients = im_realloc(svc->clients, (svc->n_clients + 1) * sizeof(*svc->clients));
+        svc->clients[svc->n_clients++] = im_rpc_client_new(t);
+    }
+    im_free(list);
+}
+
+gw_service_t *gw_service_new(const gw_service_config_t *cfg)
+{
+    gw_service_t *svc = im_calloc(1, sizeof(*svc));
+
+    svc->cfg = *cfg;
+    svc->cfg.logic = svc->logic = im_strdup(cfg->logic && *cfg->logic ? cfg->logic
+                                                                        : "127.0.0.1:9000");
+    svc->cfg.amqp.host = svc->amqp_host = dup_or_null(cfg->amqp.host);
+    svc->cfg.amqp.user = svc->amqp_user = dup_or_null(cfg->amqp.user);
+    svc->cfg.amqp.password = svc->amqp_password = dup_or_null(cfg->amqp.password);
+    svc->cfg.amqp.vhost = svc->amqp_vhost = dup_or_null(cfg->amqp.vhost);
+    if (svc->cfg.rpc_timeout_ms == 0)
+        svc->cfg.rpc_timeout_ms = 10000;
+    if (svc->cfg.heartbeat_ms == 0)
+        svc->cfg.heartbeat_ms = 10000;
+    if (svc->cfg.sync_limit == 0)
+        svc->cfg.sync_limit = 500;
+    make_clients(svc);
+    im_map_init(&svc->sessions);
+    im_map_init(&svc->groups);
+    pthread_mutex_init(&svc->hb_lock, NULL);
+    pthread_cond_init(&svc->hb_cond, NULL);
+    return svc;
+}
+
+/* ------------------------------------------------------------ calls */
+
+gw_call_t *gw__call_new(gw_service_t *svc, gw_call_kind_t kind, gw_call_done_fn done)
+{
+    gw_call_t *c = im_calloc(1, sizeof(*c));
+
+    c->svc = svc;
+    c->kind = kind;
+    c->done = done;
+    return c;
+}
+
+static void call_free(gw_call_t *c)
+{
+    if (c->resp != NULL)
+        protobuf_c_message_free_unpacked(c->resp, NULL);
+    im_free(c->message);
+    im_free(c);
+}
+
+/* On the loop: the result is in. */
+static void call_done_task(gw_t *gw, void *arg)
+{
+    gw_call_t *c = arg;
+
+    (void)gw;
+    atomic_fetch_sub(&c->svc->outstanding, 1);
+    c->done(c->svc, c);
+    call_free(c);
+}
+
+/* On the client's thread: keep the result, hand it to the loop. */
+static void rpc_done_cb(void *arg, im_rpc_result_t *res)
+{
+    gw_call_t *c = arg;
+
+    c->code = res->code;
+    c->message = im_strdup(res->message);
+    c->resp = res->resp;
+    res->resp = NULL;
+    if (c->code == IM_RPC_UNAVAILABLE || c->code == IM_RPC_DEADLINE_EXCEEDED)
+        atomic_store(&c->svc->logic_ok, false);
+    gw_post(c->svc->gw, call_done_task, c);
+}
+
+void gw__call(gw_service_t *svc, gw_call_t *c, const ProtobufCServiceDescriptor *sd,
+              unsigned method, const ProtobufCMessage *req)
+{
+    unsigned i = atomic_fetch_add(&svc->next_client, 1) % (unsigned)svc->n_clients;
+    im_err_t rc;
+
+    atomic_fetch_add(&svc->outstanding, 1);
+    rc = im_rpc_call(svc->clients[i], sd, method, req, svc->cfg.rpc_timeout_ms, NULL, 0,
+                     rpc_done_cb, c);
+    if (rc != IM_OK) {
+        c->code = IM_RPC_UNAVAILABLE;
+        c->message = im_strdup("unavailable: the logic service cannot be called");
+        gw_post(svc->gw, call_done_task, c);
+    }
+}
+
+const char *gw__status_split(const gw_call_t *c, char *code, size_t codelen)
+{
+    const char *m = c->message ? c->message : "";
+    const char *colon = strstr(m, ": ");
+    size_t n = colon ? (size_t)(colon - m) : 0;
+    bool word = n > 0 && n < codelen;
+
+    for (size_t i = 0; word && i < n; i++)
+        word = (m[i] >= 'a' && m[i] <= 'z') || m[i] == '_' || (m[i] >= '0' && m[i] <= '9');
+    if (word) {
+        memcpy(code, m, n);
+        code[n] = '\0';
+        return colon + 2;
+    }
+    snprintf(code, codelen, "%s", im_rpc_code_name(c->code));
+    for (char *p = code; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    if (c->code == IM_RPC_UNAVAILABLE || c->code == IM_RPC_DEADLINE_EXCEEDED ||
+        c->code == IM_RPC_CANCELLED)
+        snprintf(code, codelen, "unavailable");
+    return *m ? m : "the request failed";
+}
+
+void gw__reply_error(gw_service_t *svc, const gw_call_t *c)
+{
+    char code[48];
+    const char *text = gw__status_split(c, code, sizeof(code));
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 512 + strlen(text) * 6, &w);
+
+    if (b == NULL)
+        return;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "error");
+    im_jw_key(&w, "code");
+    im_jw_cstr(&w, code);
+    im_jw_key(&w, "message");
+    im_jw_cstr(&w, text);
+    gw__jw_cid(&w, c);
+    im_jw_obj_end(&w);
+    if ((b = gw__buf_finish(b, &w)) != NULL) {
+        gw_session_send(svc->gw, c->session_id, b);
+        im_buf_unref(b);
+    }
+}
+
+/* ------------------------------------------------------------ JSON helpers */
+
+im_buf_t *gw__buf_begin(gw_service_t *svc, size_t cap, im_jw_t *w)
+{
+    im_buf_t *b = im_buf_alloc(gw_pool(svc->gw), cap);
+
+    if (b == NULL) {
+        im_log_warn("service: no %zu-byte buffer: a frame is dropped", cap);
+        return NULL;
+    }
+    im_jw_init(w, im_buf_data(b), im_buf_cap(b), 0);
+    return b;
+}
+
+im_buf_t *gw__buf_finish(im_buf_t *b, im_jw_t *w)
+{
+    size_t len = 0;
+    im_err_t rc = im_jw_finish(w, &len);
+
+    if (rc != IM_OK || im_buf_set_len(b, len) != IM_OK) {
+        im_log_warn("service: encoding a frame: %s", im_strerror(rc));
+        im_buf_unref(b);
+        return NULL;
+    }
+    return b;
+}
+
+void gw__jw_id(im_jw_t *w, const char *key, uint64_t id)
+{
+    char s[24];
+
+    snprintf(s, sizeof(s), "%" PRIu64, id);
+    im_jw_key(w, key);
+    im_jw_cstr(w, s);
+}
+
+void gw__jw_cid(im_jw_t *w, const gw_call_t *c)
+{
+    if (c->cid[0] == '\0')
+        return;
+    im_jw_key(w, "cid");
+    if (c->cid_is_number)
+        im_jw_number(w, c->cid, strlen(c->cid));
+    else
+        im_jw_cstr(w, c->cid);
+}
+
+/* id, conv, seq, from, to, body, ts, cid of a stored or delivered message. */
+void gw__jw_msg_fields(im_jw_t *w, const Im__V1__ChatMessage *m)
+{
+    gw__jw_id(w, "id", m->id);
+    im_jw_key(w, "conv");
+    im_jw_cstr(w, m->conv ? m->conv : "");
+    im_jw_key(w, "seq");
+    im_jw_uint64(w, m->seq);
+    gw__jw_id(w, "from", m->sender);
+    im_jw_key(w, "to");
+    im_jw_obj_begin(w);
+    if (m->to_group)
+        gw__jw_id(w, "group", m->to_group);
+    else
+        gw__jw_id(w, "user", m->to_user);
+    im_jw_obj_end(w);
+    im_jw_key(w, "body");
+    im_jw_cstr(w, m->body ? m->body : "");
+    im_jw_key(w, "ts");
+    im_jw_int64(w, m->created_at_ms);
+    if (m->client_msg_id != NULL && *m->client_msg_id) {
+        im_jw_key(w, "cid");
+        im_jw_cstr(w, m->client_msg_id);
+    }
+}
+
+uint64_t gw__json_id(const im_json_t *doc, int obj, const char *key)
+{
+    int t = obj >= 0 ? im_json_find(doc, obj, key) : -1;
+    char buf[24];
+    uint64_t v = 0;
+    char *end;
+
+    if (t < 0)
+        return 0;
+    if (im_json_type(doc, t) == IM_JSON_STRING) {
+        if (im_json_str(doc, t, buf, sizeof(buf), NULL) != IM_OK || buf[0] < '0' || buf[0] > '9')
+            return 0;
+        v = strtoull(buf, &end, 10);
+        return *end == '\0' ? v : 0;
+    }
+    return im_json_uint64(doc, t, &v) == IM_OK ? v : 0;
+}
+
+/* ------------------------------------------------------------ group index */
+
+void gw__group_add(gw_service_t *svc, gw_sess_t *s, uint64_t group)
+{
+    gw_members_t *m = im_map_get(&svc->groups, group);
+
+    for (size_t i = 0; i < s->n_groups; i++)
+        if (s->groups[i] == group)
+            return;
+    if (m == NULL) {
+        m = im_calloc(1, sizeof(*m));
+        im_map_put(&svc->groups, group, m);
+    }
+    if (m->n == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 4;
+        m->sessions = im_realloc(m->sessions, m->cap * sizeof(*m->sessions));
+    }
+    m->sessions[m->n++] = s->id;
+    if (s->n_groups == s->cap_groups) {
+        s->cap_groups = s->cap_groups ? s->cap_groups * 2 : 4;
+        s->groups = im_realloc(s->groups, s->cap_groups * sizeof(*s->groups));
+    }
+    s->groups[s->n_groups++] = group;
+    gw_deliver_bind_group(svc->deliver, group);
+}
+
+void gw__group_remove(gw_service_t *svc, gw_sess_t *s, uint64_t group)
+{
+    gw_members_t *m = im_map_get(&svc->groups, group);
+    size_t i;
+
+    for (i = 0; i < s->n_groups && s->groups[i] != group; i++)
+        ;
+    if (i == s->n_groups || m == NULL)
+        return;
+    s->groups[i] = s->groups[--s->n_groups];
+    for (i = 0; i < m->n; i++) {
+        if (m->sessions[i] == s->id) {
+            m->sessions[i] = m->sessions[--m->n];
+            break;
+        }
+    }
+    if (m->n == 0) {
+        im_map_del(&svc->groups, group);
+        im_free(m->sessions);
+        im_free(m);
+    }
+    gw_deliver_unbind_group(svc->deliver, group);
+}
+
+/* ------------------------------------------------------------ sessions */
+
+static void session_request(gw_service_t *svc, const gw_sess_t *s, Im__V1__SessionRequest *req,
+                            char *sid, size_t sidlen)
+{
+    snprintf(sid, sidlen, "%" PRIx64, s->id);
+    req->user_id = s->user;
+    req->gateway_id = (char *)gw_instance_id(svc->gw);
+    req->session_id = sid;
+}
+
+/* Online and Mine are both in: the session is routed to and holds its
+ * groups, so from now on nothing addressed to it is missed live, and a sync
+ * started now covers everything before.  The client learns it by "ready". */
+static void session_ready(gw_service_t *svc, gw_sess_t *s)
+{
+    char frame[96];
+    int n;
+    im_buf_t *b;
+
+    if (--s->pending > 0)
+        return;
+    n = snprintf(frame, sizeof(frame), "{\"type\":\"ready\",\"user\":\"%" PRIu64 "\"}", s->user);
+    if ((b = im_buf_alloc(gw_pool(svc->gw), (size_t)n)) == NULL)
+        return;
+    im_buf_append(b, frame, (size_t)n);
+    gw_session_send(svc->gw, s->id, b);
+    im_buf_unref(b);
+}
+
+static void online_done(gw_service_t *svc, gw_call_t *c)
+{
+    gw_sess_t *s = im_map_get(&svc->sessions, c->session_id);
+
+    if (c->code != IM_RPC_OK) {
+        /* Not routed: it would miss messages.  The client reconnects. */
+        im_log_warn("service: Session.Online of user %" PRIu64 ": %s", c->user, c->message);
+        if (s != NULL)
+            gw_session_close(svc->gw, s->id, 1011, "try again later");
+        return;
+    }
+    if (s != NULL) {
+        s->online = true;
+        session_ready(svc, s);
+        return;
+    }
+    /* Closed meanwhile: the Offline it skipped is due now. */
+    {
+        gw_sess_t gone = {.id = c->session_id, .user = c->user};
+        Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
+        char sid[24];
+        session_request(svc, &gone, &req, sid, sizeof(sid));
+        gw__call(svc, gw__call_new(svc, GW_CALL_OFFLINE, NULL), &im__v1__session__descriptor, 1,
+                 &req.base);
+    }
+}
+
+/* The session's group keys are bound at the broker: back to the loop. */
+typedef struct {
+    gw_service_t *svc;
+    uint64_t session_id;
+} barrier_ctx_t;
+
+static barrier_ctx_t *barrier_new(gw_service_t *svc, uint64_t session_id)
+{
+    barrier_ctx_t *b = im_malloc(sizeof(*b));
+
+    b->svc = svc;
+    b->session_id = session_id;
+    atomic_fetch_add(&svc->outstanding, 1);
+    return b;
+}
+
+static void bound_task(gw_t *gw, void *arg)
+{
+    barrier_ctx_t *b = arg;
+    gw_sess_t *s = im_map_get(&b->svc->sessions, b->session_id);
+
+    (void)gw;
+    atomic_fetch_sub(&b->svc->outstanding, 1);
+    if (s != NULL)
+        session_ready(b->svc, s);
+    im_free(b);
+}
+
+static void bound_cb(void *arg)
+{
+    barrier_ctx_t *b = arg;
+
+    gw_post(b->svc->gw, bound_task, b);
+}
+
+static void mine_done(gw_service_t *svc, gw_call_t *c)
+{
+    gw_sess_t *s = im_map_get(&svc->sessions, c->session_id);
+    const Im__V1__MyGroupsResponse *r = (const Im__V1__MyGroupsResponse *)c->resp;
+
+    if (s == NULL)
+        return;
+    if (c->code != IM_RPC_OK) {
+        /* Without its groups the session would miss group messages: make
+         * the client reconnect rather than run half-blind. */
+        im_log_warn("service: groups of user %" PRIu64 ": %s", c->user, c->message);
+        gw_session_close(svc->gw, s->id, 1011, "try again later");
+        return;
+    }
+    for (size_t i = 0; i < r->n_groups; i++)
+        gw__group_add(svc, s, r->groups[i]->id);
+    gw_deliver_barrier(svc->deliver, bound_cb, barrier_new(svc, s->id));
+}
+
+static void noop_done(gw_service_t *svc, gw_call_t *c)
+{
+    (void)svc;
+    if (c->code != IM_RPC_OK)
+        im_log_debug("service: call failed: %s", c->message);
+}
+
+static void on_open(gw_t *gw, const gw_session_info_t *info, void *arg)
+{
+    gw_service_t *svc = arg;
+    gw_sess_t *s = im_calloc(1, sizeof(*s));
+    Im__V1__SessionRequest sreq = IM__V1__SESSION_REQUEST__INIT;
+    Im__V1__MyGroupsRequest mreq = IM__V1__MY_GROUPS_REQUEST__INIT;
+    gw_call_t *c;
+    char sid[24];
+
+    (void)gw;
+    s->id = info->id;
+    s->user = info->user_id;
+    s->pending = 2;
+    im_map_put(&svc->sessions, s->id, s);
+    session_request(svc, s, &sreq, sid, sizeof(sid));
+    c = gw__call_new(svc, GW_CALL_ONLINE, online_done);
+    c->session_id = s->id;
+    c->user = s->user;
+    gw__call(svc, c, &im__v1__session__descriptor, 0, &sreq.base);
+    mreq.user_id = s->user;
+    c = gw__call_new(svc, GW_CALL_MINE, mine_done);
+    c->session_id = s->id;
+    c->user = s->user;
+    gw__call(svc, c, &im__v1__group__descriptor, 4, &mreq.base);
+}
+
+static void on_close(gw_t *gw, const gw_session_info_t *info, int code, void *arg)
+{
+    gw_service_t *svc = arg;
+    gw_sess_t *s = im_map_del(&svc->sessions, info->id);
+    Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
+    char sid[24];
+
+    (void)gw;
+    (void)code;
+    if (s == NULL)
+        return;
+    while (s->n_groups > 0)
+        gw__group_remove(svc, s, s->groups[s->n_groups - 1]);
+    if (s->online) {
+        session_request(svc, s, &req, sid, sizeof(sid));
+        gw__call(svc, gw__call_new(svc, GW_CALL_OFFLINE, noop_done),
+                 &im__v1__session__descriptor, 1, &req.base);
+    }
+    im_free(s->groups);
+    im_free(s);
+}
+
+/* ------------------------------------------------------------ deliveries */
+
+/* The origin session id when the origin is this gateway instance, else 0. */
+static uint64_t local_origin(gw_service_t *svc, const char *origin)
+{
+    const char *me = gw_instance_id(svc->gw);
+    size_t n = strlen(me);
+
+    if (origin == NULL || strncmp(origin, me, n) != 0 || origin[n] != '/')
+        return 0;
+    return strtoull(origin + n + 1, NULL, 16);
+}
+
+/* Queues b to the sessions of the users (direct) or of the group's local
+ * members, except `skip` and (when skip_user) the sessions of skip_user. */
+static void fan_out(gw_service_t *svc, const Im__V1__Delivery *d, uint64_t group, im_buf_t *b,
+                    uint64_t skip, uint64_t skip_user)
+{
+    uint64_t ids[64];
+
+    if (group != 0) {
+        gw_members_t *m = im_map_get(&svc->groups, group);
+        for (size_t i = 0; m != NULL && i < m->n; i++) {
+            gw_sess_t *s = im_map_get(&svc->sessions, m->sessions[i]);
+            if (m->sessions[i] != skip && s != NULL && s->user != skip_user &&
+                gw_session_send(svc->gw, m->sessions[i], b) == IM_OK)
+                svc->delivered++;
+        }
+        return;
+    }
+    for (size_t u = 0; u < d->n_user_ids; u++) {
+        size_t n = gw_user_sessions(svc->gw, d->user_ids[u], ids, 64);
+        if (d->user_ids[u] == skip_user)
+            continue;
+        for (size_t i = 0; i < n && i < 64; i++)
+            if (ids[i] != skip && gw_session_send(svc->gw, ids[i], b) == IM_OK)
+                svc->delivered++;
+    }
+}
+
+static void deliver_message(gw_service_t *svc, const Im__V1__Delivery *d)
+{
+    const Im__V1__ChatMessage *m = d->message;
+    size_t body = m->body ? strlen(m->body) : 0;
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 512 + body * 6, &w);
+
+    if (b == NULL)
+        return;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "msg");
+    gw__jw_msg_fields(&w, m);
+    im_jw_obj_end(&w);
+    if ((b = gw__buf_finish(b, &w)) == NULL)
+        return;
+    fan_out(svc, d, m->to_group, b, local_origin(svc, d->origin_session), 0);
+    im_buf_unref(b);
+}
+
+static void deliver_receipt(gw_service_t *svc, const Im__V1__Delivery *d)
+{
+    const Im__V1__Receipt *r = d->receipt;
+    uint64_t group = 0;
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 256, &w);
+
+    if (b == NULL || r->conv == NULL) {
+        im_buf_unref(b);
+        return;
+    }
+    if (sscanf(r->conv, "g:%" SCNu64, &group) != 1)
+        group = 0;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "receipt");
+    im_jw_key(&w, "conv");
+    im_jw_cstr(&w, r->conv);
+    gw__jw_id(&w, "user", r->user_id);
+    im_jw_key(&w, "seq");
+    im_jw_uint64(&w, r->read_seq);
+    im_jw_key(&w, "ts");
+    im_jw_int64(&w, r->at_ms);
+    im_jw_obj_end(&w);
+    if ((b = gw__buf_finish(b, &w)) == NULL)
+        return;
+    fan_out(svc, d, group, b, 0, 0);
+    im_buf_unref(b);
+}
+
+static void deliver_typing(gw_service_t *svc, const Im__V1__Delivery *d)
+{
+    const Im__V1__Typing *t = d->typing;
+    uint64_t group = 0;
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 256, &w);
+
+    if (b == NULL || t->conv == NULL) {
+        im_buf_unref(b);
+        return;
+    }
+    if (sscanf(t->conv, "g:%" SCNu64, &group) != 1)
+        group = 0;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "typing");
+    im_jw_key(&w, "conv");
+    im_jw_cstr(&w, t->conv);
+    gw__jw_id(&w, "user", t->user_id);
+    im_jw_obj_end(&w);
+    if ((b = gw__buf_finish(b, &w)) == NULL)
+        return;
+    fan_out(svc, d, group, b, 0, t->user_id);
+    im_buf_unref(b);
+}
+
+/* Presence goes to direct peers (user_ids) or to one group's members
+ * (group_id, from the "g.<id>" key it was routed by). */
+static void deliver_presence(gw_service_t *svc, const Im__V1__Delivery *d)
+{
+    const Im__V1__Presence *p = d->presence;
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 256, &w);
+
+    if (b == NULL)
+        return;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "presence");
+    gw__jw_id(&w, "user", p->user_id);
+    im_jw_key(&w, "online");
+    im_jw_bool(&w, p->online);
+    im_jw_key(&w, "ts");
+    im_jw_int64(&w, p->at_ms);
+    im_jw_obj_end(&w);
+    if ((b = gw__buf_finish(b, &w)) == NULL)
+        return;
+    fan_out(svc, d, d->group_id, b, 0, p->user_id);
+    im_buf_unref(b);
+}
+
+static void deliver_group_event(gw_service_t *svc, const Im__V1__Delivery *d)
+{
+    const Im__V1__GroupEvent *e = d->group_event;
+    uint64_t ids[64];
+    size_t n = gw_user_sessions(svc->gw, e->user_id, ids, 64);
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 256, &w);
+
+    for (size_t i = 0; i < n && i < 64; i++) {
+        gw_sess_t *s = im_map_get(&svc->sessions, ids[i]);
+        if (s == NULL)
+            continue;
+        if (e->joined)
+            gw__group_add(svc, s, e->group_id);
+        else
+            gw__group_remove(svc, s, e->group_id);
+    }
+    if (b == NULL)
+        return;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "group");
+    gw__jw_id(&w, "group", e->group_id);
+    im_jw_key(&w, "joined");
+    im_jw_bool(&w, e->joined);
+    im_jw_obj_end(&w);
+    if ((b = gw__buf_finish(b, &w)) == NULL)
+        return;
+    gw_user_send(svc->gw, e->user_id, b);
+    im_buf_unref(b);
+}
+
+typedef struct {
+    gw_service_t *svc;
+    Im__V1__Delivery *d;
+} delivery_job_t;
+
+static void delivery_job(gw_t *gw, void *arg)
+{
+    delivery_job_t *j = arg;
+    gw_service_t *svc = j->svc;
+    const Im__V1__Delivery *d = j->d;
+
+    (void)gw;
+    svc->deliveries++;
+    if (d->message != NULL)
+        deliver_message(svc, d);
+    else if (d->receipt != NULL)
+        deliver_receipt(svc, d);
+    else if (d->typing != NULL)
+        deliver_typing(svc, d);
+    else if (d->presence != NULL)
+        deliver_presence(svc, d);
+    else if (d->group_event != NULL)
+        deliver_group_event(svc, d);
+    protobuf_c_message_free_unpacked(&j->d->base, NULL);
+    im_free(j);
+}
+
+static void on_delivery(void *arg, Im__V1__Delivery *d)
+{
+    gw_service_t *svc = arg;
+    delivery_job_t *j = im_malloc(sizeof(*j));
+
+    j->svc = svc;
+    j->d = d;
+    gw_post(svc->gw, delivery_job, j);
+}
+
+/* After deliveries may have been lost, every client is told to sync. */
+static void resync_task(gw_t *gw, void *arg)
+{
+    gw_service_t *svc = arg;
+    static const char frame[] = "{\"type\":\"resync\"}";
+    im_buf_t *b = im_buf_alloc(gw_pool(gw), sizeof(frame));
+    uint64_t key;
+    void *val;
+
+    if (b == NULL)
+        return;
+    im_buf_append(b, frame, sizeof(frame) - 1);
+    svc->resyncs++;
+    IM_MAP_FOREACH(&svc->sessions, key, val)
+    {
+        (void)val;
+        gw_session_send(gw, key, b);
+    }
+    im_buf_unref(b);
+}
+
+/* The first "up" is the start: nothing was missed before it. */
+static void on_deliver_state(void *arg, bool up)
+{
+    gw_service_t *svc = arg;
+
+    if (up && atomic_exchange(&svc->deliver_was_up, true))
+        gw_post(svc->gw, resync_task, svc);
+}
+
+/* ------------------------------------------------------------ heartbeats */
+
+static void *heartbeat_main(void *arg)
+{
+    gw_service_t *svc = arg;
+
+    pthread_mutex_lock(&svc->hb_lock);
+    while (!atomic_load(&svc->stopping)) {
+        Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
+        ProtobufCMessage *resp = NULL;
+        struct timespec until;
+        bool ok = false;
+
+        pthread_mutex_unlock(&svc->hb_lock);
+        req.gateway_id = (char *)gw_instance_id(svc->gw);
+        for (size_t i = 0; i < svc->n_clients; i++) {
+            if (im_rpc_call_sync(svc->clients[i], &im__v1__session__descriptor, 2, &req.base,
+                                 svc->cfg.rpc_timeout_ms, NULL, 0, &resp, NULL, 0) == IM_RPC_OK) {
+                ok = true;
+                protobuf_c_message_free_unpacked(resp, NULL);
+                break;
+            }
+        }
+        if (!ok && atomic_load(&svc->logic_ok))
+            im_log_warn("service: no logic instance answered the heartbeat");
+        atomic_store(&svc->logic_ok, ok);
+        pthread_mutex_lock(&svc->hb_lock);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += svc->cfg.heartbeat_ms / 1000;
+        until.tv_nsec += (long)(svc->cfg.heartbeat_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!atomic_load(&svc->stopping))
+            pthread_cond_timedwait(&svc->hb_cond, &svc->hb_lock, &until);
+    }
+    pthread_mutex_unlock(&svc->hb_lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ health, metrics */
+
+static int on_health(gw_t *gw, im_jw_t *w, void *arg)
+{
+    gw_service_t *svc = arg;
+    bool logic = atomic_load(&svc->logic_ok), broker = gw_deliver_is_up(svc->deliver);
+
+    (void)gw;
+    im_jw_key(w, "logic");
+    im_jw_cstr(w, logic ? "ok" : "unavailable");
+    im_jw_key(w, "broker");
+    im_jw_cstr(w, broker ? "ok" : "unavailable");
+    return logic && broker ? 0 : 1;
+}
+
+static void on_metrics(gw_t *gw, gw_sb_t *out, void *arg)
+{
+    gw_service_t *svc = arg;
+    gw_deliver_stats_t ds;
+
+    (void)gw;
+    gw_deliver_stats(svc->deliver, &ds);
+    gw_sb_printf(out, "# TYPE im_gateway_sends_total counter\nim_gateway_sends_total %" PRIu64 "\n",
+                 svc->sends);
+    gw_sb_printf(out, "# TYPE im_gateway_acks_total counter\nim_gateway_acks_total %" PRIu64 "\n",
+                 svc->acks);
+    gw_sb_printf(out,
+                 "# TYPE im_gateway_send_errors_total counter\nim_gateway_send_errors_total %" PRIu64
+                 "\n",
+                 svc->send_errors);
+    gw_sb_printf(out,
+                 "# TYPE im_gateway_deliveries_total counter\nim_gateway_deliveries_total %" PRIu64
+                 "\n",
+                 svc->deliveries);
+    gw_sb_printf(out,
+                 "# TYPE im_gateway_delivered_frames_total counter\n"
+                 "im_gateway_delivered_frames_total %" PRIu64 "\n",
+                 svc->delivered);
+    gw_sb_printf(out, "# TYPE im_gateway_resyncs_total counter\nim_gateway_resyncs_total %" PRIu64
+                      "\n",
+                 svc->resyncs);
+    gw_sb_printf(out, "# TYPE im_gateway_groups_bound gauge\nim_gateway_groups_bound %" PRIu64 "\n",
+                 ds.groups);
+    gw_sb_printf(out, "# TYPE im_gateway_logic_up gauge\nim_gateway_logic_up %d\n",
+                 atomic_load(&svc->logic_ok) ? 1 : 0);
+    gw_sb_printf(out, "# TYPE im_gateway_broker_up gauge\nim_gateway_broker_up %d\n",
+                 gw_deliver_is_up(svc->deliver) ? 1 : 0);
+    gw_sb_printf(out,
+                 "# TYPE im_gateway_upstream_calls_in_flight gauge\n"
+                 "im_gateway_upstream_calls_in_flight %d\n",
+                 atomic_load(&svc->outstanding));
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+void gw_service_hooks(gw_service_t *svc, gw_hooks_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->arg = svc;
+    out->on_open = on_open;
+    out->on_close = on_close;
+    out->on_frame = gw__on_frame;
+    out->on_http = gw__on_http;
+    out->on_health = on_health;
+    out->on_metrics = on_metrics;
+}
+
+im_err_t gw_service_start(gw_service_t *svc, gw_t *gw)
+{
+    gw_deliver_config_t dc = {
+        .amqp = svc->cfg.amqp,
+        .gateway_id = gw_instance_id(gw),
+        .on_delivery = on_delivery,
+        .on_state = on_deliver_state,
+        .arg = svc,
+    };
+    im_err_t rc;
+
+    svc->gw = gw;
+    dc.amqp.heartbeat_s = dc.amqp.heartbeat_s ? dc.amqp.heartbeat_s : 30;
+    svc->deliver = gw_deliver_new(&dc);
+    if ((rc = gw_deliver_start(svc->deliver)) != IM_OK)
+        return rc;
+    if (pthread_create(&svc->heartbeat, NULL, heartbeat_main, svc) != 0)
+        return IM_ENOMEM;
+    svc->started = true;
+    return IM_OK;
+}
+
+void gw_service_stop(gw_service_t *svc)
+{
+    if (!svc->started)
+        return;
+    svc->started = false;
+    pthread_mutex_lock(&svc->hb_lock);
+    atomic_store(&svc->stopping, true);
+    pthread_cond_signal(&svc->hb_cond);
+    pthread_mutex_unlock(&svc->hb_lock);
+    pthread_join(svc->heartbeat, NULL);
+    /* Freed now, while gw is alive: waiting barriers fire and post to it. */
+    gw_deliver_free(svc->deliver);
+    svc->deliver = NULL;
+    /* Offline calls of the sessions closed at shutdown: give them a second. */
+    for (int i = 0; i < 100 && atomic_load(&svc->outstanding) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    for (size_t i = 0; i < svc->n_clients; i++)
+        im_rpc_client_free(svc->clients[i]);
+    svc->n_clients = 0;
+}
+
+void gw_service_free(gw_service_t *svc)
+{
+    uint64_t key;
+    void *val;
+
+    if (svc == NULL)
+        return;
+    gw_service_stop(svc);
+    for (size_t i = 0; i < svc->n_clients; i++)
+        im_rpc_client_free(svc->clients[i]);
+    IM_MAP_FOREACH(&svc->sessions, key, val)
+    {
+        im_free(((gw_sess_t *)val)->groups);
+        im_free(val);
+    }
+    IM_MAP_FOREACH(&svc->groups, key, val)
+    {
+        im_free(((gw_members_t *)val)->sessions);
+        im_free(val);
+    }
+    im_map_free(&svc->sessions);
+    im_map_free(&svc->groups);
+    gw_deliver_free(svc->deliver);
+    pthread_mutex_destroy(&svc->hb_lock);
+    pthread_cond_destroy(&svc->hb_cond);
+    im_free(svc->clients);
+    im_free(svc->logic);
+    im_free(svc->amqp_host);
+    im_free(svc->amqp_user);
+    im_free(svc->amqp_password);
+    im_free(svc->amqp_vhost);
+    im_free(svc);
+}

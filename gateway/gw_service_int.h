@@ -1,0 +1,133 @@
+/*
+ * gw_service_int.h - what the parts of gw_service share: the service struct,
+ * the per-session and per-group state of the loop thread, and the async call
+ * context that carries a gRPC result back to the loop.  Not for other users.
+ */
+#ifndef GW_SERVICE_INT_H
+#define GW_SERVICE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gw.h"
+#include "gw_deliver.h"
+#include "gw_service.h"
+#include "im.pb-c.h"
+#include "im_map.h"
+#include "im_rpc.h"
+
+#define GW_CID_MAX 64
+
+/* A session as the service sees it (loop thread). */
+typedef struct {
+    uint64_t id, user;
+    uint64_t *groups; /* groups this session is indexed under */
+    size_t n_groups, cap_groups;
+    bool online; /* Session.Online succeeded: Offline is due at close */
+    int pending; /* Online and Mine not answered yet: "ready" when 0 */
+} gw_sess_t;
+
+/* The local sessions that are members of a group (loop thread). */
+typedef struct {
+    uint64_t *sessions;
+    size_t n, cap;
+} gw_members_t;
+
+struct gw_service_s {
+    gw_service_config_t cfg;
+    char *logic, *amqp_host, *amqp_user, *amqp_password, *amqp_vhost;
+    gw_t *gw;
+    im_rpc_client_t **clients;
+    size_t n_clients;
+    atomic_uint next_client;
+    atomic_int outstanding; /* calls whose result has not reached the loop */
+    gw_deliver_t *deliver;
+    pthread_t heartbeat;
+    bool started;
+    atomic_bool stopping, logic_ok, deliver_was_up;
+    pthread_mutex_t hb_lock;
+    pthread_cond_t hb_cond;
+    im_map_t sessions; /* id -> gw_sess_t */
+    im_map_t groups;   /* group id -> gw_members_t */
+    /* Counters (loop thread). */
+    uint64_t sends, acks, send_errors, delivered, deliveries, resyncs;
+};
+
+/* What a call was for, so its result is handled right. */
+typedef enum {
+    GW_CALL_ONLINE,
+    GW_CALL_OFFLINE,
+    GW_CALL_MINE,   /* a new session's groups */
+    GW_CALL_SEND,
+    GW_CALL_SYNC,
+    GW_CALL_READ,
+    GW_CALL_HISTORY,
+    GW_CALL_CONVS,
+    GW_CALL_TYPING,
+    GW_CALL_HTTP,   /* an /api request: http_kind says which */
+} gw_call_kind_t;
+
+typedef struct gw_call_s gw_call_t;
+typedef void (*gw_call_done_fn)(gw_service_t *svc, gw_call_t *c);
+
+struct gw_call_s {
+    gw_service_t *svc;
+    gw_call_kind_t kind;
+    gw_call_done_fn done; /* runs on the loop with the result */
+    uint64_t session_id, user;
+    char cid[GW_CID_MAX + 1]; /* echoed; "" when none */
+    bool cid_is_number;
+    gw_http_req_t *http;
+    int http_ok_status;
+    /* The result. */
+    im_rpc_code_t code;
+    char *message;
+    ProtobufCMessage *resp;
+};
+
+/* Starts method of service sd on the next logic client; done runs on the
+ * loop.  On a local failure done runs too (soon, from the loop) with code
+ * UNAVAILABLE.  c is freed after done returns. */
+void gw__call(gw_service_t *svc, gw_call_t *c, const ProtobufCServiceDescriptor *sd,
+              unsigned method, const ProtobufCMessage *req);
+gw_call_t *gw__call_new(gw_service_t *svc, gw_call_kind_t kind, gw_call_done_fn done);
+
+/* "<code>: text" of a status message, split: code into buf (the gRPC code's
+ * name in lower case when the message has none), text returned. */
+const char *gw__status_split(const gw_call_t *c, char *code, size_t codelen);
+
+/* Sends an error frame for a failed call to its session. */
+void gw__reply_error(gw_service_t *svc, const gw_call_t *c);
+
+/* A complete JSON message in a pooled buffer: begin gives a writer over a
+ * buffer of at least cap bytes (NULL when the pool is empty), finish sets its
+ * length and returns it (NULL and unref on a writer error). */
+im_buf_t *gw__buf_begin(gw_service_t *svc, size_t cap, im_jw_t *w);
+im_buf_t *gw__buf_finish(im_buf_t *b, im_jw_t *w);
+
+/* JSON pieces. */
+void gw__jw_id(im_jw_t *w, const char *key, uint64_t id);
+void gw__jw_msg_fields(im_jw_t *w, const Im__V1__ChatMessage *m);
+void gw__jw_cid(im_jw_t *w, const gw_call_t *c);
+
+/* Reads an id member (string or number) of object obj; 0 when absent/bad. */
+uint64_t gw__json_id(const im_json_t *doc, int obj, const char *key);
+
+/* Encoders shared by frames and REST (gw_api.c): "messages": [...], "more";
+ * "conversations": [...]; a buffer size that fits the history. */
+void gw__jw_history(im_jw_t *w, const Im__V1__HistoryResponse *r);
+void gw__jw_conversations(im_jw_t *w, const Im__V1__ConversationsResponse *r);
+size_t gw__history_size(const Im__V1__HistoryResponse *r);
+
+/* Frames (gw_frames.c) and REST (gw_api.c). */
+im_err_t gw__on_frame(gw_t *gw, const gw_frame_t *f, void *arg);
+void gw__on_http(gw_t *gw, gw_http_req_t *req, void *arg);
+
+/* Group index (gw_service.c). */
+void gw__group_add(gw_service_t *svc, gw_sess_t *s, uint64_t group);
+void gw__group_remove(gw_service_t *svc, gw_sess_t *s, uint64_t group);
+
+#endif
