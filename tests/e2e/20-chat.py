@@ -1,0 +1,177 @@
+"""20-chat: the whole system end to end with an independent WebSocket client
+(python3-websockets): two logic instances and two gateways on the real
+RabbitMQ, MariaDB and Redis.
+
+  - direct chat between users on different gateways, with multi-device echo
+    (the sender's other device gets the message, the sending one only the ack);
+  - a group chat across both gateways, joined before and while connected;
+  - a user offline during messages reconnects and syncs exactly the missed
+    ones, in order;
+  - receipts and typing reach the other side;
+  - bad input gets clear error frames; the REST API's errors are JSON.
+
+Usage: 20-chat.py <logic binary> <gateway binary>   (IM_STATE_DIR: infra)
+"""
+import asyncio
+import json
+import sys
+
+from imsys import System, nothing, ready, recv, recv_type, send
+import gwtest
+from gwtest import eq, true
+
+
+async def direct_and_multi_device(sys_):
+    alice, bob = sys_.signup("alice"), sys_.signup("bob")
+    async with sys_.ws(0, alice) as a1, sys_.ws(1, alice) as a2, sys_.ws(1, bob) as b:
+        for ws in (a1, a2, b):
+            await ready(ws)
+        await send(a1, "d-1", "hello bob \U0001f44b", user=bob["id"])
+        ack = await recv_type(a1, "ack")
+        eq(ack["cid"], "d-1", "ack cid")
+        true(ack["seq"] >= 1 and ack["id"] and ack["conv"].startswith("d:"), "ack fields")
+        got = await recv_type(b, "msg")
+        eq((got["id"], got["body"], got["from"], got["seq"]),
+           (ack["id"], "hello bob \U0001f44b", alice["id"], ack["seq"]), "bob's msg")
+        eq(got["to"], {"user": bob["id"]}, "msg to")
+        echo = await recv_type(a2, "msg")
+        eq(echo["id"], ack["id"], "alice's other device")
+        await nothing(a1)  # the sending device gets the ack only
+        # The reply reaches both of alice's devices.
+        await send(b, "d-2", "hi alice", user=alice["id"])
+        ack2 = await recv_type(b, "ack")
+        true(ack2["seq"] > ack["seq"], "seq increases in the conversation")
+        for ws in (a1, a2):
+            eq((await recv_type(ws, "msg"))["id"], ack2["id"], "reply on every device")
+        # A retry with the same cid is the same message, not a second one.
+        await send(a1, "d-1", "hello bob again", user=bob["id"])
+        dup = await recv_type(a1, "ack")
+        eq((dup["id"], dup.get("duplicate")), (ack["id"], True), "dedup of a retried send")
+        await nothing(b)
+        # Receipts and typing.
+        await b.send(json.dumps({"type": "read", "conv": ack["conv"], "seq": ack2["seq"]}))
+        eq((await recv_type(b, "read_ok"))["seq"], ack2["seq"], "read_ok")
+        r = await recv_type(a1, "receipt")
+        eq((r["user"], r["seq"], r["conv"]), (bob["id"], ack2["seq"], ack["conv"]), "receipt")
+        await b.send(json.dumps({"type": "typing", "to": {"user": alice["id"]}}))
+        t = await recv_type(a2, "typing")
+        eq(t["user"], bob["id"], "typing")
+
+
+async def group_chat(sys_):
+    owner, bob, carol, eve = (sys_.signup(t) for t in ("own", "bob", "carol", "eve"))
+    status, body = sys_.api("POST", "/api/v1/groups", {"name": "team \u2615"}, owner["token"])
+    eq(status, 201, "create group (%r)" % body)
+    gid = body["group"]["id"]
+    status, _ = sys_.api("POST", "/api/v1/groups/%s/join" % gid, None, carol["token"], gw=1)
+    eq(status, 200, "carol joins")
+    async with sys_.ws(0, owner) as o, sys_.ws(1, bob) as b, sys_.ws(1, carol) as c, \
+            sys_.ws(0, eve) as e:
+        for ws in (o, b, c, e):
+            await ready(ws)
+        # bob joins while connected: his gateway binds the group by itself.
+        status, body = sys_.api("POST", "/api/v1/groups/%s/join" % gid, None, bob["token"])
+        eq((status, body["group"]["member_count"]), (200, 3), "bob joins")
+        await recv_type(b, "group")
+        await send(o, "g-1", "hello team", group=gid)
+        ack = await recv_type(o, "ack")
+        eq(ack["conv"], "g:" + gid, "group conv")
+        for ws in (b, c):
+            m = await recv_type(ws, "msg")
+            eq((m["id"], m["to"]), (ack["id"], {"group": gid}), "group msg")
+        await nothing(o)
+        await nothing(e)
+        # Non-members may not post; the error says why.
+        await send(e, "g-2", "let me in", group=gid)
+        err = await recv_type(e, "error")
+        eq((err["cid"], err["code"]), ("g-2", "not_member"), "non-member refused")
+        status, body = sys_.api("GET", "/api/v1/groups/%s/members" % gid, None, eve["token"])
+        eq((status, body["error"]["code"]), (403, "not_member"), "members: non-member")
+
+
+async def offline_sync(sys_):
+    alice, dave = sys_.signup("alice"), sys_.signup("dave")
+    acks = []
+    async with sys_.ws(0, alice) as a:
+        await ready(a)
+        for i in range(5):
+            await send(a, "o-%d" % i, "missed %d" % i, user=dave["id"])
+            acks.append(await recv_type(a, "ack"))
+    conv = acks[0]["conv"]
+    async with sys_.ws(1, dave) as d:
+        await ready(d)
+        # Acked messages are durable: they are in MySQL within the writer's
+        # delay, so a sync right after ready may need one retry.
+        for _ in range(50):
+            await d.send(json.dumps({"type": "sync", "cid": "s1", "have": {}}))
+            msgs = []
+            while True:
+                f = await recv(d)
+                if f["type"] == "synced":
+                    break
+                if f["type"] == "msg":
+                    msgs.append(f)
+            if len(msgs) >= 5:
+                break
+            await asyncio.sleep(0.1)
+        eq([m["id"] for m in msgs], [x["id"] for x in acks], "exactly the missed, in order")
+        eq([m["seq"] for m in msgs], sorted(m["seq"] for m in msgs), "seq order")
+        # Having the third, it gets the last two.
+        await d.send(json.dumps({"type": "sync", "have": {conv: acks[2]["seq"]}}))
+        rest = []
+        while (f := await recv(d))["type"] != "synced":
+            if f["type"] == "msg":
+                rest.append(f["id"])
+        eq(rest, [x["id"] for x in acks[3:]], "sync from a seq")
+        await d.send(json.dumps({"type": "history", "cid": "h", "conv": conv, "limit": 2}))
+        h = await recv_type(d, "history")
+        eq(([m["id"] for m in h["messages"]], h["more"]),
+           ([acks[4]["id"], acks[3]["id"]], True), "history newest first")
+
+
+async def bad_input(sys_):
+    u = sys_.signup("bad")
+    async with sys_.ws(0, u) as w:
+        await ready(w)
+        cases = [
+            ("{not json", "bad_json"),
+            (json.dumps({"type": "send", "to": {"user": u["id"]}, "body": "x"}), "bad_request"),
+            (json.dumps({"type": "send", "cid": "b1", "to": {}, "body": "x"}), "bad_target"),
+            (json.dumps({"type": "send", "cid": "b2", "to": {"user": "1"}, "body": "x"}),
+             "unknown_user"),
+            (json.dumps({"type": "send", "cid": "b3", "to": {"user": u["id"]}, "body": ""}),
+             "empty_body"),
+            (json.dumps({"type": "send", "cid": "b4", "to": {"user": u["id"]},
+                         "body": "x" * 5000}), "body_too_large"),
+            (json.dumps({"type": "send", "cid": "b5", "to": {"user": u["id"]}, "body": 7}),
+             "bad_request"),
+            (json.dumps({"type": "read", "conv": "d:1:2", "seq": 1}), "not_participant"),
+            (json.dumps({"type": "history", "conv": "nope"}), "bad_conv"),
+            (json.dumps({"type": "fly"}), "unknown_type"),
+        ]
+        for frame, code in cases:
+            await w.send(frame)
+            err = await recv_type(w, "error")
+            eq(err["code"], code, "error for %s" % frame[:60])
+        status, body = sys_.api("POST", "/api/v1/login", {"username": u["name"],
+                                                          "password": "wrong-password"})
+        eq((status, body["error"]["code"]), (401, "bad_credentials"), "bad login")
+        status, body = sys_.api("GET", "/api/v1/groups", None, "forged.token.here")
+        eq((status, body["error"]["code"]), (401, "invalid_token"), "forged token")
+        status, body = sys_.api("POST", "/api/v1/register", {"username": u["name"],
+                                                             "password": "password1"})
+        eq((status, body["error"]["code"]), (409, "username_taken"), "duplicate username")
+        status, _, raw = gwtest.http("GET", sys_.gateways[0].url("/healthz"))
+        eq(status, 200, "healthz with logic and broker up (%r)" % raw)
+
+
+def main():
+    logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
+    with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
+        for test in (direct_and_multi_device, group_chat, offline_sync, bad_input):
+            asyncio.run(test(sys_))
+            print("ok  ", test.__name__, flush=True)
+
+
+if __name__ == "__main__":
+    main()
