@@ -25,5 +25,6 @@ stop_service() {
     rm -f "$pidfile"
 }
 
+stop_service gateway
 stop_service logic
 "$repo/scripts/infra.sh" down

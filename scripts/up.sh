@@ -3,9 +3,9 @@
 # starts the infrastructure (RabbitMQ, MariaDB, Redis) as local processes under
 # .run/, then the services.  Stop everything with scripts/down.sh.
 #
-# Services started today: logic (gRPC Auth and Group API on 127.0.0.1:9000, and
-# the batch writer: durable queue -> MySQL).
-# The gateway and its web client join when they exist.
+# Services: logic (gRPC API on 127.0.0.1:9000 and the batch writer: durable
+# queue -> MySQL), then the gateway (WebSocket and REST on IM_GATEWAY_PORT,
+# default 8080, serving the web client at /).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state=${IM_STATE_DIR:-$repo/.run}
@@ -53,6 +53,10 @@ fi
 export IM_JWT_SECRET
 
 start_service logic "$repo/build/logic/logic"
+# The gateway does not wait for logic: calls made before logic listens fail
+# and are retried by clients; its heartbeat thread retries by itself.
+start_service gateway "$repo/build/gateway/gateway" --listen "0.0.0.0:${IM_GATEWAY_PORT:-8080}"
 echo
 echo "Everything is up (settings above, also in $state/env)."
+echo "Web client and API: http://127.0.0.1:${IM_GATEWAY_PORT:-8080}/  (WebSocket: /ws)"
 echo "Stop it with: scripts/down.sh"
