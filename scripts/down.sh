@@ -25,6 +25,10 @@ stop_service() {
     rm -f "$pidfile"
 }
 
-stop_service gateway
+for pidfile in "$state"/gateway*.pid; do
+    [ -e "$pidfile" ] || continue
+    name=$(basename "$pidfile" .pid)
+    stop_service "$name"
+done
 stop_service logic
 "$repo/scripts/infra.sh" down

@@ -55,8 +55,17 @@ export IM_JWT_SECRET
 start_service logic "$repo/build/logic/logic"
 # The gateway does not wait for logic: calls made before logic listens fail
 # and are retried by clients; its heartbeat thread retries by itself.
-start_service gateway "$repo/build/gateway/gateway" --listen "0.0.0.0:${IM_GATEWAY_PORT:-8080}"
+# One gateway process per core is the way to use more cores (libwebsockets
+# runs one service thread per context): IM_GATEWAYS=N starts N of them on
+# consecutive ports from IM_GATEWAY_PORT (put a load balancer in front).
+port=${IM_GATEWAY_PORT:-8080}
+for ((g = 0; g < ${IM_GATEWAYS:-1}; g++)); do
+    name=gateway
+    [ "$g" -gt 0 ] && name=gateway-$g
+    start_service "$name" "$repo/build/gateway/gateway" --listen "0.0.0.0:$((port + g))" \
+        --gateway-id "$(hostname)-gw$g"
+done
 echo
 echo "Everything is up (settings above, also in $state/env)."
-echo "Web client and API: http://127.0.0.1:${IM_GATEWAY_PORT:-8080}/  (WebSocket: /ws)"
+echo "Web client and API: http://127.0.0.1:$port/  (WebSocket: /ws)"
 echo "Stop it with: scripts/down.sh"
