@@ -264,12 +264,14 @@ static void session_change(im_rpc_call_t *call, lg_rpc_t *r, bool online)
     session_t *s = session_take(r);
     im_rpc_code_t code = session_ready(r, s, NEED_REDIS, msg, sizeof(msg));
 
+    uint64_t user = req->user_id; /* req goes with the call */
+
     if (code == IM_RPC_OK)
         code = online ? lg_session_online(s->routes, req, &resp, msg, sizeof(msg))
                       : lg_session_offline(s->routes, req, &resp, msg, sizeof(msg));
     complete(call, code, &resp.base, msg);
     if (code == IM_RPC_OK && (online ? resp.first : resp.last) && ready_db(r, s) == IM_OK)
-        lg_notify_presence(s->notify, s->routes, req->user_id, online);
+        lg_notify_presence(s->notify, s->routes, user, online);
     session_give(r, s);
 }
 
