@@ -710,6 +710,32 @@ static void on_deliver_state(void *arg, bool up)
 
 /* ------------------------------------------------------------ heartbeats */
 
+/* The lease was gone (Redis lost it, and every route with it, or this
+ * gateway was cut off longer than the TTL): register every session again. */
+static void reregister_task(gw_t *gw, void *arg)
+{
+    gw_service_t *svc = arg;
+    uint64_t key;
+    void *val;
+    size_t n = 0;
+
+    (void)gw;
+    IM_MAP_FOREACH(&svc->sessions, key, val)
+    {
+        gw_sess_t *s = val;
+        Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
+        char sid[24];
+
+        (void)key;
+        session_request(svc, s, &req, sid, sizeof(sid));
+        gw__call(svc, gw__call_new(svc, GW_CALL_ONLINE, noop_done), &im__v1__session__descriptor,
+                 0, &req.base);
+        n++;
+    }
+    if (n > 0)
+        im_log_warn("service: session lease was lost: registered %zu sessions again", n);
+}
+
 static void *heartbeat_main(void *arg)
 {
     gw_service_t *svc = arg;
@@ -727,6 +753,8 @@ static void *heartbeat_main(void *arg)
             if (im_rpc_call_sync(svc->clients[i], &im__v1__session__descriptor, 2, &req.base,
                                  svc->cfg.rpc_timeout_ms, NULL, 0, &resp, NULL, 0) == IM_RPC_OK) {
                 ok = true;
+                if (((Im__V1__SessionResponse *)resp)->first)
+                    gw_post(svc->gw, reregister_task, svc);
                 protobuf_c_message_free_unpacked(resp, NULL);
                 break;
             }

@@ -1,6 +1,7 @@
 #include "lg_message.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ static const char claim_lua[] =
 
 struct lg_message_shared_s {
     lg_message_config_t cfg;
+    pthread_mutex_t stripes[LG_SEND_STRIPES];
     im_redis_t *redis; /* publisher thread only */
 };
 
@@ -108,6 +110,8 @@ lg_message_shared_t *lg_message_shared_new(const lg_message_config_t *cfg)
     lg_message_shared_t *sh = im_calloc(1, sizeof(*sh));
 
     sh->cfg = *cfg;
+    for (size_t i = 0; i < LG_SEND_STRIPES; i++)
+        pthread_mutex_init(&sh->stripes[i], NULL);
     return sh;
 }
 
@@ -115,6 +119,8 @@ void lg_message_shared_free(lg_message_shared_t *sh)
 {
     if (sh == NULL)
         return;
+    for (size_t i = 0; i < LG_SEND_STRIPES; i++)
+        pthread_mutex_destroy(&sh->stripes[i]);
     im_redis_close(sh->redis);
     im_free(sh);
 }
@@ -469,6 +475,15 @@ static void confirm_cb(void *arg, im_err_t result)
 
 /* ------------------------------------------------------------ send */
 
+static uint32_t conv_hash(const char *conv)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+
+    for (; *conv; conv++)
+        h = (h ^ (uint8_t)*conv) * 16777619u;
+    return h;
+}
+
 static pending_t *pending_new(lg_message_t *m, im_rpc_call_t *call,
                               const Im__V1__SendRequest *req, const char *conv, const char *key)
 {
@@ -552,6 +567,7 @@ void lg_message_send(lg_message_t *m, im_rpc_call_t *call)
 {
     const Im__V1__SendRequest *req = (const Im__V1__SendRequest *)im_rpc_call_request(call);
     char conv[CONV_MAX + 1], key[KEY_MAX], msg[256];
+    pthread_mutex_t *stripe;
     uint64_t seq = 0;
     bool go;
     im_err_t rc;
@@ -564,18 +580,26 @@ void lg_message_send(lg_message_t *m, im_rpc_call_t *call)
     }
     if (!go)
         return;
+    p = pending_new(m, call, req, conv, key);
+    if (req->to_user)
+        find_routes(m, p);
+    /* Seq and publish under the conversation's stripe lock: the publisher
+     * sends in submit order, so this instance's messages of a conversation
+     * reach the queue and the gateways in seq order. */
+    stripe = &m->sh->stripes[conv_hash(conv) % LG_SEND_STRIPES];
+    pthread_mutex_lock(stripe);
     rc = lg_seq_next(m->seq, conv, &seq);
+    if (rc == IM_OK) {
+        p->msg.id = im_id_next(m->sh->cfg.ids);
+        p->msg.seq = seq;
+        p->msg.created_at_ms = (int64_t)im_wall_ms();
+        publish(m, p);
+    }
+    pthread_mutex_unlock(stripe);
     if (rc != IM_OK) {
         im_log_warn("send: seq for %s: %s", conv, im_strerror(rc));
         im_redis_command(m->redis, NULL, "DEL %s", key);
         im_rpc_fail(call, IM_RPC_UNAVAILABLE, "seq_unavailable: try again");
-        return;
+        pending_free(p);
     }
-    p = pending_new(m, call, req, conv, key);
-    p->msg.id = im_id_next(m->sh->cfg.ids);
-    p->msg.seq = seq;
-    p->msg.created_at_ms = (int64_t)im_wall_ms();
-    if (req->to_user)
-        find_routes(m, p);
-    publish(m, p);
 }

@@ -48,6 +48,12 @@
  * the queued one, and a device that missed a delivery gets it by Sync.  A
  * routing lookup that fails only costs the live delivery (logged).
  *
+ * Order: within one logic instance, taking the seq and submitting the publish
+ * happen under a per-conversation stripe lock, and the publisher sends in
+ * submit order, so a conversation's messages reach the queue and the gateways
+ * in seq order.  Two logic instances taking seqs of one conversation at the
+ * same moment may still deliver live out of order (Sync is always ordered).
+ *
  * Threads: an lg_message_t belongs to one worker thread (it uses that thread's
  * MySQL, Redis and lg_seq).  lg_message_shared_t is shared by all of them;
  * its Redis connection is used only on the publisher thread (in callbacks).
@@ -70,6 +76,7 @@
 
 #define LG_DELIVER_EXCHANGE "im.deliver"
 #define LG_CLIENT_MSG_ID_MAX 64
+#define LG_SEND_STRIPES 64 /* locks keeping a conversation's seq and publish in order */
 #define LG_DEDUP_TTL_MS (24 * 3600 * 1000)
 #define LG_DEDUP_SINCE_KEY "im:dedup:since"
 

@@ -194,17 +194,22 @@ im_rpc_code_t lg_session_heartbeat(lg_session_t *s, const Im__V1__SessionRequest
                                    Im__V1__SessionResponse *resp, char *msg, size_t msglen)
 {
     im_rpc_code_t code = check_request(req, false, msg, msglen);
+    im_redis_reply_t *rep = NULL;
     im_err_t rc;
 
     if (code != IM_RPC_OK)
         return code;
     if (!im_redis_is_open(s->redis))
         im_redis_reconnect(s->redis);
-    rc = im_redis_command(s->redis, NULL, "SET im:gw:%s 1 PX %" PRId64, req->gateway_id,
+    rc = im_redis_command(s->redis, &rep, "SET im:gw:%s 1 PX %" PRId64 " GET", req->gateway_id,
                           s->ttl_ms);
     if (rc != IM_OK)
         return redis_status(s, rc, "heartbeat", msg, msglen);
     resp->ttl_ms = s->ttl_ms;
+    /* No lease before: it expired, or Redis lost it (restart, failover)
+     * and the routes with it.  The gateway registers its sessions again. */
+    resp->first = im_redis_reply_type(rep) == IM_REDIS_NIL;
+    im_redis_reply_free(rep);
     return IM_RPC_OK;
 }
 

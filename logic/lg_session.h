@@ -16,6 +16,9 @@
  * members are removed by the next Online, Offline or lookup of that user
  * (lazily; they cost nothing meanwhile).  Gateway ids are unique per process
  * start, so a restarted gateway never inherits its predecessor's sessions.
+ * Heartbeat answers first = true when the lease did not exist (it had run
+ * out, or Redis lost it with every route): the gateway then registers all its
+ * sessions again, which is how routing is rebuilt after a Redis restart.
  * Every step is a Lua script: atomic, one round trip.  (The scripts touch
  * im:gw:* keys they are not given as KEYS: fine on one Redis or a replicated
  * one, not on Redis Cluster.)

@@ -641,6 +641,9 @@ TEST(typing_presence_and_group_events_reach_online_users)
     protobuf_c_message_free_unpacked(&session(OFFLINE, b, gw_b, "b1", IM_RPC_OK)->base, NULL);
     d = next_of_kind('p', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL);
+    if (d->presence->online)
+        fprintf(stderr, "presence of %" PRIu64 " (a %" PRIu64 ", b %" PRIu64 ") online via %s\n",
+                d->presence->user_id, a, b, rkey);
     ASSERT_TRUE(!d->presence->online);
     protobuf_c_message_free_unpacked(&d->base, NULL);
     /* a joins a group: a's gateway hears of it. */
