@@ -41,7 +41,7 @@ def infra_env():
 class Logic:
     """The logic binary on 127.0.0.1:0; its port read from its log."""
 
-    def __init__(self, binary, env, node_id, queue, extra=()):
+    def __init__(self, binary, env, node_id, queue, extra=(), port=0):
         self.lines = []
         self.port = None
         self._ready = threading.Event()
@@ -49,8 +49,9 @@ class Logic:
         full.update(env)
         full["IM_QUEUE"] = queue
         full.pop("IM_JWT_SECRET", None)
+        self.args = (binary, env, node_id, queue, tuple(extra))
         self.proc = subprocess.Popen(
-            [binary, "--grpc-listen", "127.0.0.1:0", "--jwt-secret", SECRET,
+            [binary, "--grpc-listen", "127.0.0.1:%d" % port, "--jwt-secret", SECRET,
              "--password-cost", "min", "--node-id", str(node_id), "--writer-delay", "5ms",
              *extra],
             env=full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -85,6 +86,12 @@ class Logic:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
+    def restart(self):
+        """A new process on the same port (after kill), so gateways find it."""
+        binary, env, node_id, queue, extra = self.args
+        new = Logic(binary, env, node_id, queue, extra, port=self.port)
+        self.__dict__.update(new.__dict__)
+
 
 class System:
     def __init__(self, logic_bin, gateway_bin, n_logic=1, n_gateways=1, gateway_args=()):
@@ -115,10 +122,17 @@ class System:
         return env
 
     def start_gateway(self):
+        self.gateways.append(self._gateway())
+        return self.gateways[-1]
+
+    def start_gateway_at(self, i):
+        """A new gateway process in slot i (after the old one died)."""
+        return self._gateway()
+
+    def _gateway(self):
         gw = gwtest.Gateway(self.gateway_bin, *self.gateway_args, env=self.gateway_env(),
                             secret=SECRET)
         gw.__enter__()
-        self.gateways.append(gw)
         return gw
 
     def __exit__(self, exc_type, exc, tb):
@@ -131,6 +145,8 @@ class System:
                 failed = True
         for lg in self.logics:
             rc = lg.stop()
+            if rc == -signal.SIGKILL and getattr(lg, "killed", False):
+                rc = 0
             if rc != 0 or failed:
                 print("--- logic log (exit %r) ---\n%s" % (rc, "".join(lg.lines)),
                       file=sys.stderr)
