@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "im.pb-c.h"
@@ -214,8 +215,6 @@ static void complete(im_rpc_call_t *call, im_rpc_code_t code, const ProtobufCMes
 
 DB_HANDLER(signup, auth, lg_auth_signup, Im__V1__RegisterRequest, Im__V1__RegisterResponse,
            IM__V1__REGISTER_RESPONSE__INIT)
-DB_HANDLER(login, auth, lg_auth_login, Im__V1__LoginRequest, Im__V1__LoginResponse,
-           IM__V1__LOGIN_RESPONSE__INIT)
 DB_HANDLER(members, group, lg_group_members, Im__V1__GroupRequest, Im__V1__MembersResponse,
            IM__V1__MEMBERS_RESPONSE__INIT)
 DB_HANDLER(mine, group, lg_group_mine, Im__V1__MyGroupsRequest, Im__V1__MyGroupsResponse,
@@ -228,6 +227,86 @@ DB_HANDLER(conversations, sync, lg_sync_conversations, Im__V1__ConversationsRequ
            Im__V1__ConversationsResponse, IM__V1__CONVERSATIONS_RESPONSE__INIT)
 REDIS_HANDLER(heartbeat, lg_session_heartbeat, Im__V1__SessionResponse,
               IM__V1__SESSION_RESPONSE__INIT)
+
+/* Login attempts: after LOGIN_FAILS_MAX failures for one username within
+ * LOGIN_WINDOW_S (counted in Redis, so across every logic instance), further
+ * attempts are refused without checking the password until the window
+ * ends; a success clears the count.  With Redis down the limit is not
+ * enforced (logged): logins keep working. */
+#define LOGIN_FAILS_MAX 10
+#define LOGIN_WINDOW_S 900
+
+static void login_key(const char *username, char *key, size_t len)
+{
+    size_t n = (size_t)snprintf(key, len, "im:login:fail:%s", username);
+
+    for (size_t i = sizeof("im:login:fail:") - 1; i < n && i < len; i++)
+        if (key[i] >= 'A' && key[i] <= 'Z')
+            key[i] = (char)(key[i] - 'A' + 'a'); /* usernames ignore case */
+}
+
+/* Refusal when the username has too many recent failures, else IM_RPC_OK. */
+static im_rpc_code_t login_allowed(im_redis_t *redis, const char *key, char *msg, size_t msglen)
+{
+    im_redis_reply_t *rep = NULL;
+    long long fails = 0, ttl = 0;
+
+    if (redis == NULL || im_redis_command(redis, &rep, "GET %s", key) != IM_OK) {
+        im_log_warn("rpc: login limit not checked: redis unavailable");
+        return IM_RPC_OK;
+    }
+    if (im_redis_reply_type(rep) == IM_REDIS_STR)
+        fails = strtoll(im_redis_reply_str(rep, NULL), NULL, 10);
+    im_redis_reply_free(rep);
+    if (fails < LOGIN_FAILS_MAX)
+        return IM_RPC_OK;
+    if (im_redis_command(redis, &rep, "TTL %s", key) == IM_OK) {
+        ttl = im_redis_reply_int(rep);
+        im_redis_reply_free(rep);
+    }
+    snprintf(msg, msglen, "too_many_attempts: too many failed logins, try again in %lld s",
+             ttl > 0 ? ttl : (long long)LOGIN_WINDOW_S);
+    return IM_RPC_RESOURCE_EXHAUSTED;
+}
+
+static void login_count(im_redis_t *redis, const char *key, bool failed)
+{
+    if (redis == NULL)
+        return;
+    if (!failed) {
+        im_redis_command(redis, NULL, "DEL %s", key);
+        return;
+    }
+    /* The window starts at the first failure (NX keeps it from sliding). */
+    if (im_redis_command(redis, NULL, "INCR %s", key) == IM_OK)
+        im_redis_command(redis, NULL, "EXPIRE %s %d NX", key, LOGIN_WINDOW_S);
+}
+
+static void login_cb(im_rpc_call_t *call, void *arg)
+{
+    lg_rpc_t *r = arg;
+    const Im__V1__LoginRequest *req = (const Im__V1__LoginRequest *)im_rpc_call_request(call);
+    Im__V1__LoginResponse resp = IM__V1__LOGIN_RESPONSE__INIT;
+    char msg[256], key[128];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));
+    im_redis_t *redis = NULL;
+
+    if (code == IM_RPC_OK) {
+        redis = ready_redis(r, s) == IM_OK ? s->redis : NULL;
+        if (redis != NULL && !im_redis_is_open(redis) && im_redis_reconnect(redis) != IM_OK)
+            redis = NULL;
+        login_key(req->username, key, sizeof(key));
+        code = login_allowed(redis, key, msg, sizeof(msg));
+    }
+    if (code == IM_RPC_OK) {
+        code = lg_auth_login(s->auth, req, &resp, msg, sizeof(msg));
+        if (code == IM_RPC_OK || code == IM_RPC_UNAUTHENTICATED)
+            login_count(redis, key, code != IM_RPC_OK);
+    }
+    complete(call, code, &resp.base, msg);
+    session_give(r, s);
+}
 
 /* Group changes that move a user in or out of a group tell the gateways
  * holding that user (they bind or unbind the group's routing key). */

@@ -417,6 +417,32 @@ TEST(groups_create_join_members_mine_leave)
     protobuf_c_message_free_unpacked(resp, NULL);
 }
 
+/* Ten wrong passwords for one name: the eleventh attempt is refused before
+ * the password is checked, the right one included; other users are not
+ * affected. */
+TEST(login_brute_force_is_limited_per_username)
+{
+    Im__V1__LoginResponse *lr = NULL;
+    char user[40], other[40], msg[256];
+    uint64_t id;
+
+    username(user, sizeof(user), "brute");
+    username(other, sizeof(other), "calm");
+    ASSERT_EQ(signup(user, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(signup(other, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
+    for (int i = 0; i < 10; i++)
+        ASSERT_EQ(login(user, "wrong-password", &lr, msg, sizeof(msg)), IM_RPC_UNAUTHENTICATED);
+    ASSERT_EQ(login(user, "password1", &lr, msg, sizeof(msg)), IM_RPC_RESOURCE_EXHAUSTED);
+    ASSERT_TRUE(starts_with(msg, "too_many_attempts: "));
+    /* The name's case does not get around it. */
+    for (char *p = user; *p; p++)
+        if (*p >= 'a' && *p <= 'z')
+            *p = (char)(*p - 'a' + 'A');
+    ASSERT_EQ(login(user, "password1", &lr, msg, sizeof(msg)), IM_RPC_RESOURCE_EXHAUSTED);
+    ASSERT_EQ(login(other, "password1", &lr, msg, sizeof(msg)), IM_RPC_OK);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+}
+
 int main(int argc, char **argv)
 {
     char *args[] = {NULL,           "--grpc-listen", "127.0.0.1:0",     "--jwt-secret",
@@ -452,6 +478,7 @@ int main(int argc, char **argv)
     RUN(groups_create_join_members_mine_leave);
     RUN(usernames_ignore_case_and_tokens_carry_the_stored_spelling);
     RUN(parallel_signups_all_succeed_with_distinct_ids);
+    RUN(login_brute_force_is_limited_per_username);
     im_rpc_client_free(client);
     if (!stop_logic()) {
         fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
