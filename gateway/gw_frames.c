@@ -10,6 +10,7 @@
 #include "gw_service_int.h"
 #include "im_alloc.h"
 #include "im_log.h"
+#include "im_time.h"
 
 #define CONV_MAX 48
 #define BODY_MAX (64 * 1024)
@@ -107,6 +108,7 @@ static void send_done(gw_service_t *svc, gw_call_t *c)
     im_jw_t w;
     im_buf_t *b;
 
+    im_hist_observe_us(&svc->ack_latency, im_mono_ns() / 1000 - c->start_us);
     if (c->code != IM_RPC_OK) {
         svc->send_errors++;
         gw__reply_error(svc, c);

@@ -9,6 +9,7 @@
 #include "gw_service_int.h"
 #include "im_alloc.h"
 #include "im_log.h"
+#include "im_time.h"
 
 static char *dup_or_null(const char *s)
 {
@@ -61,6 +62,7 @@ gw_call_t *gw__call_new(gw_service_t *svc, gw_call_kind_t kind, gw_call_done_fn 
     c->svc = svc;
     c->kind = kind;
     c->done = done;
+    c->start_us = im_mono_ns() / 1000;
     return c;
 }
 
@@ -820,6 +822,13 @@ static void on_metrics(gw_t *gw, gw_sb_t *out, void *arg)
                  svc->resyncs);
     gw_sb_printf(out, "# TYPE im_gateway_groups_bound gauge\nim_gateway_groups_bound %" PRIu64 "\n",
                  ds.groups);
+    {
+        char hist[2048];
+        size_t n = im_hist_format(&svc->ack_latency, "im_gateway_send_ack_seconds",
+                                  "Client send frame to its ack (durable) or error.", hist,
+                                  sizeof(hist));
+        gw_sb_append(out, hist, n < sizeof(hist) ? n : sizeof(hist) - 1);
+    }
     gw_sb_printf(out, "# TYPE im_gateway_logic_up gauge\nim_gateway_logic_up %d\n",
                  atomic_load(&svc->logic_ok) ? 1 : 0);
     gw_sb_printf(out, "# TYPE im_gateway_broker_up gauge\nim_gateway_broker_up %d\n",

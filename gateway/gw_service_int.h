@@ -17,6 +17,7 @@
 #include "gw_service.h"
 #include "im.pb-c.h"
 #include "im_map.h"
+#include "im_metrics.h"
 #include "im_rpc.h"
 
 #define GW_CID_MAX 64
@@ -54,6 +55,7 @@ struct gw_service_s {
     im_map_t groups;   /* group id -> gw_members_t */
     /* Counters (loop thread). */
     uint64_t sends, acks, send_errors, delivered, deliveries, resyncs;
+    im_hist_t ack_latency; /* send frame in -> ack frame out */
 };
 
 /* What a call was for, so its result is handled right. */
@@ -82,6 +84,7 @@ struct gw_call_s {
     bool cid_is_number;
     gw_http_req_t *http;
     int http_ok_status;
+    uint64_t start_us; /* when the request arrived (im_mono_ns / 1000) */
     /* The result. */
     im_rpc_code_t code;
     char *message;

@@ -36,6 +36,8 @@ static const im_cfg_opt_t opts[] = {
     OPT("log-level", IM_CFG_STR, log_level, "info", 0, 0, "error, warn, info, debug or trace"),
     OPT("grpc-listen", IM_CFG_STR, grpc_listen, "127.0.0.1:9000", 0, 0,
         "address of the gRPC API (port 0: any free port, logged)"),
+    OPT("http-listen", IM_CFG_STR, http_listen, "127.0.0.1:9100", 0, 0,
+        "IPv4 address of GET /metrics (Prometheus) and /healthz (\"\": none; port 0: any, logged)"),
     OPT("grpc-workers", IM_CFG_INT, grpc_workers, "4", 1, 256,
         "threads for database-bound calls, each with its own MySQL connection"),
     OPT("jwt-secret", IM_CFG_STR, jwt_secret, NULL, 0, 0,

@@ -37,6 +37,7 @@ typedef struct {
     int64_t writer_prefetch;
     const char *log_level;
     const char *grpc_listen;   /* host:port of the gRPC API; port 0 picks one */
+    const char *http_listen;   /* host:port of /metrics and /healthz; "" = none */
     int64_t grpc_workers;      /* threads (and MySQL connections) for blocking calls */
     const char *jwt_secret;    /* HS256 key, >= 32 bytes; required unless dev */
     int64_t token_ttl_ms;      /* lifetime of a login token */

@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "im.pb-c.h"
 #include "im_alloc.h"
 #include "im_log.h"
+#include "im_metrics.h"
 #include "im_time.h"
 #include "im_utf8.h"
 #include "lg_auth.h"
@@ -59,6 +61,8 @@ static const char claim_lua[] =
 
 struct lg_message_shared_s {
     lg_message_config_t cfg;
+    atomic_uint_fast64_t sends, refused, failed;
+    im_hist_t ack_latency; /* Send received -> answered after the confirm */
     pthread_mutex_t stripes[LG_SEND_STRIPES];
     im_redis_t *redis; /* publisher thread only */
 };
@@ -87,6 +91,7 @@ typedef struct {
     char *body;
     char *client_msg_id;
     char *origin_session;
+    uint64_t start_us;
     lg_route_t routes[LG_ROUTES_MAX]; /* direct messages: where to deliver */
     size_t n_routes;
 } pending_t;
@@ -147,6 +152,25 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
     }
     *out = m;
     return IM_OK;
+}
+
+size_t lg_message_format_metrics(lg_message_shared_t *sh, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(
+        buf, cap,
+        "# HELP im_logic_sends_total Message.Send calls received.\n"
+        "# TYPE im_logic_sends_total counter\nim_logic_sends_total %" PRIu64 "\n"
+        "# HELP im_logic_send_refused_total Sends refused before publishing (bad input, "
+        "not allowed, a server unavailable).\n"
+        "# TYPE im_logic_send_refused_total counter\nim_logic_send_refused_total %" PRIu64 "\n"
+        "# HELP im_logic_send_failed_total Sends the broker did not confirm.\n"
+        "# TYPE im_logic_send_failed_total counter\nim_logic_send_failed_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&sh->sends), (uint64_t)atomic_load(&sh->refused),
+        (uint64_t)atomic_load(&sh->failed));
+
+    return n + im_hist_format(&sh->ack_latency, "im_logic_send_ack_seconds",
+                              "Send received to answered after the broker's confirm.",
+                              n < cap ? buf + n : buf + cap, n < cap ? cap - n : 0);
 }
 
 void lg_message_free(lg_message_t *m)
@@ -456,6 +480,7 @@ static void confirm_cb(void *arg, im_err_t result)
     char msg[128];
 
     if (result != IM_OK) {
+        atomic_fetch_add(&p->sh->failed, 1);
         snprintf(msg, sizeof(msg), "broker_unavailable: %s, retry with the same client_msg_id",
                  im_strerror(result));
         record_outcome(p, false);
@@ -469,6 +494,7 @@ static void confirm_cb(void *arg, im_err_t result)
     resp.created_at_ms = p->msg.created_at_ms;
     record_outcome(p, true);
     im_rpc_reply(p->call, &resp.base);
+    im_hist_observe_us(&p->sh->ack_latency, im_mono_ns() / 1000 - p->start_us);
     deliver(p);
     pending_free(p);
 }
@@ -491,6 +517,7 @@ static pending_t *pending_new(lg_message_t *m, im_rpc_call_t *call,
 
     p->sh = m->sh;
     p->call = call;
+    p->start_us = im_mono_ns() / 1000;
     snprintf(p->conv, sizeof(p->conv), "%s", conv);
     snprintf(p->key, sizeof(p->key), "%s", key);
     p->body = im_strdup(req->body);
@@ -572,9 +599,12 @@ void lg_message_send(lg_message_t *m, im_rpc_call_t *call)
     bool go;
     im_err_t rc;
     pending_t *p;
-    im_rpc_code_t code = admit(m, call, req, conv, key, &go, msg, sizeof(msg));
+    im_rpc_code_t code;
 
+    atomic_fetch_add(&m->sh->sends, 1);
+    code = admit(m, call, req, conv, key, &go, msg, sizeof(msg));
     if (code != IM_RPC_OK) {
+        atomic_fetch_add(&m->sh->refused, 1);
         im_rpc_fail(call, code, msg);
         return;
     }
@@ -600,6 +630,7 @@ void lg_message_send(lg_message_t *m, im_rpc_call_t *call)
         im_log_warn("send: seq for %s: %s", conv, im_strerror(rc));
         im_redis_command(m->redis, NULL, "DEL %s", key);
         im_rpc_fail(call, IM_RPC_UNAVAILABLE, "seq_unavailable: try again");
+        atomic_fetch_add(&m->sh->refused, 1);
         pending_free(p);
     }
 }

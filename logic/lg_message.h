@@ -103,6 +103,10 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
                         lg_seq_t *seq, lg_session_t *sessions, lg_message_t **out);
 void lg_message_free(lg_message_t *m);
 
+/* Prometheus text of the Send counters and latency histogram into buf
+ * (snprintf-style return).  Any thread. */
+size_t lg_message_format_metrics(lg_message_shared_t *sh, char *buf, size_t cap);
+
 /* Publishes d (packed) to the fan-out exchange with routing key rkey,
  * without a confirm.  Any thread. */
 void lg_message_fanout(lg_message_shared_t *sh, const char *rkey, const Im__V1__Delivery *d);

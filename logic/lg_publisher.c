@@ -257,8 +257,15 @@ static bool ensure_connected(lg_publisher_t *p)
             p->stats.reconnects++;
             pthread_mutex_unlock(&p->lock);
         }
-        if (p->conn && im_amqp_is_open(p->conn) && declare(p) == IM_OK)
+        if (p->conn && im_amqp_is_open(p->conn) && declare(p) == IM_OK) {
+            pthread_mutex_lock(&p->lock);
+            p->stats.connected = 1;
+            pthread_mutex_unlock(&p->lock);
             break;
+        }
+        pthread_mutex_lock(&p->lock);
+        p->stats.connected = 0;
+        pthread_mutex_unlock(&p->lock);
         pthread_mutex_lock(&p->lock);
         list_splice(&p->ready, &p->submitted);
         pthread_mutex_unlock(&p->lock);

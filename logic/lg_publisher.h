@@ -73,6 +73,7 @@ typedef struct {
     uint64_t confirmed;
     uint64_t failed;
     uint64_t reconnects;
+    uint64_t connected; /* 1 while connected with its queue and exchange declared */
 } lg_publisher_stats_t;
 
 /* A snapshot of the counters.  Any thread. */

@@ -511,6 +511,11 @@ im_err_t lg_rpc_start(lg_rpc_t *r, unsigned *port)
     return IM_OK;
 }
 
+struct lg_message_shared_s *lg_rpc_message_shared(lg_rpc_t *r)
+{
+    return r->shared;
+}
+
 void lg_rpc_stop(lg_rpc_t *r, unsigned grace_ms)
 {
     if (r != NULL && r->server != NULL)

@@ -62,6 +62,9 @@ lg_rpc_t *lg_rpc_new(const lg_rpc_config_t *cfg);
  * (address not bindable, logged). */
 im_err_t lg_rpc_start(lg_rpc_t *r, unsigned *port);
 
+/* The state Send shares across workers (for its metrics). */
+struct lg_message_shared_s *lg_rpc_message_shared(lg_rpc_t *r);
+
 /* Stops serving: up to grace_ms for calls in flight, then cancels the rest,
  * and returns when every call is completed.  The publisher must still run
  * (Sends in flight complete from its callbacks).  Idempotent. */

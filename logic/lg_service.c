@@ -1,8 +1,12 @@
 #include "lg_service.h"
 
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "im_alloc.h"
+#include "im_httpd.h"
 #include "im_id.h"
 #include "im_log.h"
 #include "im_mysql.h"
@@ -32,6 +36,7 @@ struct lg_service_s {
     im_idgen_t ids;
     lg_publisher_t *publisher;
     lg_rpc_t *rpc;
+    im_httpd_t *httpd;
     bool stopped;
 };
 
@@ -167,15 +172,141 @@ lg_service_t *lg_service_new(const lg_config_t *cfg)
     return s;
 }
 
+/* Appends printf-style text to a growing im_malloc'd buffer. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} text_t;
+
+static void text_reserve(text_t *t, size_t more)
+{
+    if (t->len + more + 1 > t->cap) {
+        t->cap = (t->len + more + 1) * 2;
+        t->p = im_realloc(t->p, t->cap);
+    }
+}
+
+__attribute__((format(printf, 2, 3))) static void text_printf(text_t *t, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    text_reserve(t, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+    va_end(ap);
+    t->len += (size_t)n;
+}
+
+static void counter(text_t *t, const char *name, const char *help, uint64_t v)
+{
+    text_printf(t, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", name, help, name, name,
+                v);
+}
+
+static void gauge(text_t *t, const char *name, const char *help, uint64_t v)
+{
+    text_printf(t, "# HELP %s %s\n# TYPE %s gauge\n%s %" PRIu64 "\n", name, help, name, name, v);
+}
+
+static void render_metrics(lg_service_t *s, text_t *t)
+{
+    lg_publisher_stats_t ps;
+    lg_writer_stats_t ws;
+    size_t n;
+
+    lg_publisher_stats(s->publisher, &ps);
+    lg_writer_stats(s->writer, &ws);
+    gauge(t, "im_logic_up", "Always 1 while the process serves.", 1);
+    n = lg_message_format_metrics(lg_rpc_message_shared(s->rpc), NULL, 0);
+    text_reserve(t, n);
+    lg_message_format_metrics(lg_rpc_message_shared(s->rpc), t->p + t->len, t->cap - t->len);
+    t->len += n;
+    counter(t, "im_logic_publisher_confirmed_total", "Publishes the broker confirmed.",
+            ps.confirmed);
+    counter(t, "im_logic_publisher_failed_total", "Publishes nacked, lost or timed out.",
+            ps.failed);
+    counter(t, "im_logic_publisher_reconnects_total", "Publisher connections re-made.",
+            ps.reconnects);
+    gauge(t, "im_logic_publisher_connected", "1 while the publisher is connected.", ps.connected);
+    counter(t, "im_logic_writer_messages_total", "Messages committed to MySQL and acked.",
+            ws.messages);
+    counter(t, "im_logic_writer_batches_total", "Batches committed.", ws.batches);
+    counter(t, "im_logic_writer_flush_errors_total", "Failed flushes (each retried).",
+            ws.flush_errors);
+    counter(t, "im_logic_writer_poison_total", "Deliveries rejected as undecodable.", ws.poison);
+    counter(t, "im_logic_writer_reconnects_total", "Writer connections re-made.", ws.reconnects);
+    gauge(t, "im_logic_writer_last_batch_size", "Messages in the last committed batch.",
+          ws.last_batch);
+    gauge(t, "im_logic_writer_unacked", "Deliveries received but not yet committed and acked.",
+          ws.deliveries >= ws.messages + ws.poison ? ws.deliveries - ws.messages - ws.poison : 0);
+    gauge(t, "im_logic_writer_connected", "1 while the writer consumes.", ws.connected);
+}
+
+/* GET /metrics and /healthz (200 while the publisher and the writer have
+ * their broker connections; the database may be down: the queue holds). */
+static int http_handler(void *arg, const char *path, char **body, size_t *len,
+                        const char **content_type)
+{
+    lg_service_t *s = arg;
+    text_t t = {0};
+    int status = 200;
+
+    if (strcmp(path, "/metrics") == 0) {
+        *content_type = "text/plain; version=0.0.4; charset=utf-8";
+        render_metrics(s, &t);
+    } else if (strcmp(path, "/healthz") == 0) {
+        lg_publisher_stats_t ps;
+        lg_writer_stats_t ws;
+        lg_publisher_stats(s->publisher, &ps);
+        lg_writer_stats(s->writer, &ws);
+        status = ps.connected && ws.connected ? 200 : 503;
+        *content_type = "application/json";
+        text_printf(&t, "{\"status\":\"%s\",\"publisher\":%s,\"writer\":%s}\n",
+                    status == 200 ? "ok" : "unavailable", ps.connected ? "true" : "false",
+                    ws.connected ? "true" : "false");
+    } else {
+        status = 404;
+        text_printf(&t, "not found\n");
+    }
+    *body = t.p;
+    *len = t.len;
+    return status;
+}
+
+static im_err_t http_start(lg_service_t *s)
+{
+    const char *addr = s->cfg->http_listen;
+    unsigned port = 0;
+    char err[256];
+    int host_len;
+
+    if (addr == NULL || *addr == '\0')
+        return IM_OK;
+    s->httpd = im_httpd_start(addr, http_handler, s, &port, err, sizeof(err));
+    if (s->httpd == NULL) {
+        im_log_error("logic: --http-listen: %s", err);
+        return IM_EIO;
+    }
+    host_len = (int)(strrchr(addr, ':') - addr);
+    im_log_info("logic: http listening on %.*s:%u (/metrics, /healthz)", host_len, addr, port);
+    return IM_OK;
+}
+
 im_err_t lg_service_start(lg_service_t *s, unsigned *grpc_port)
 {
     im_err_t rc = lg_publisher_start(s->publisher);
 
     if (rc == IM_OK)
         rc = lg_rpc_start(s->rpc, grpc_port);
-    if (rc != IM_OK)
-        return rc;
-    return lg_writer_start(s->writer);
+    if (rc == IM_OK)
+        rc = lg_writer_start(s->writer);
+    if (rc == IM_OK)
+        rc = http_start(s);
+    return rc;
 }
 
 /* Calls in flight finish first (Sends need the publisher for their confirm),
@@ -185,6 +316,8 @@ void lg_service_stop(lg_service_t *s)
     if (s->stopped)
         return;
     s->stopped = true;
+    im_httpd_stop(s->httpd);
+    s->httpd = NULL;
     lg_rpc_stop(s->rpc, 2000);
     lg_publisher_stop(s->publisher, 2000);
     lg_rpc_free(s->rpc);
@@ -196,6 +329,7 @@ void lg_service_free(lg_service_t *s)
 {
     if (s == NULL)
         return;
+    im_httpd_stop(s->httpd);
     lg_rpc_stop(s->rpc, 0);
     lg_publisher_free(s->publisher); /* stops it: no callback runs after this */
     lg_rpc_free(s->rpc);

@@ -197,6 +197,9 @@ static bool ensure_consumer(lg_writer_t *w)
         if (open_consumer(w) == IM_OK) {
             if (!first)
                 STAT_ADD(w, reconnects, 1);
+            pthread_mutex_lock(&w->stats_lock);
+            w->stats.connected = 1;
+            pthread_mutex_unlock(&w->stats_lock);
             w->backoff_ms = w->cfg.backoff_min_ms;
             return true;
         }
@@ -315,6 +318,9 @@ static void *writer_main(void *arg)
         if (rc == IM_OK) {
             handle_delivery(w, &d);
         } else if (rc != IM_EAGAIN) {
+            pthread_mutex_lock(&w->stats_lock);
+            w->stats.connected = 0;
+            pthread_mutex_unlock(&w->stats_lock);
             im_log_warn("writer: consumer lost (%s); %zu unacked messages will be redelivered",
                         im_amqp_last_error(w->conn), w->pend.nmsgs);
             pending_release(&w->pend);

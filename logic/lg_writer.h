@@ -64,6 +64,7 @@ typedef struct {
     uint64_t poison;       /* deliveries rejected as undecodable */
     uint64_t reconnects;   /* AMQP connections re-established */
     uint64_t last_batch;   /* size of the last successful flush */
+    uint64_t connected;    /* 1 while consuming, 0 while (re)connecting */
 } lg_writer_stats_t;
 
 typedef struct lg_writer_s lg_writer_t;

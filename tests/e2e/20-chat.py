@@ -201,10 +201,48 @@ async def verbatim(sys_):
         eq((await recv_type(wa, "error"))["code"], "bad_request", "NUL in a body")
 
 
+async def metrics_move(sys_):
+    """Both services' /metrics parse as Prometheus text and count what
+    flowed: sends, acks, deliveries, commits, latency observations."""
+    before_gw = sys_.gateways[0].metrics()
+    before_lg = [lg.metrics() for lg in sys_.logics]
+    a, b = sys_.signup("met"), sys_.signup("met")
+    async with sys_.ws(0, a) as wa, sys_.ws(0, b) as wb:
+        await ready(wa)
+        await ready(wb)
+        for i in range(6):
+            await send(wa, "mt-%d" % i, "counted", user=b["id"])
+            await recv_type(wa, "ack")
+            await recv_type(wb, "msg")
+    after_gw = sys_.gateways[0].metrics()
+    true(after_gw["im_gateway_acks_total"] >= before_gw["im_gateway_acks_total"] + 6, "gw acks")
+    true(after_gw["im_gateway_delivered_frames_total"]
+         >= before_gw["im_gateway_delivered_frames_total"] + 6, "gw delivered frames")
+    true(after_gw["im_gateway_send_ack_seconds_count"]
+         >= before_gw["im_gateway_send_ack_seconds_count"] + 6, "gw ack latency histogram")
+    for _ in range(50):  # the writer commits within its delay
+        after_lg = [lg.metrics() for lg in sys_.logics]
+        committed = sum(m["im_logic_writer_messages_total"] for m in after_lg) - \
+            sum(m["im_logic_writer_messages_total"] for m in before_lg)
+        if committed >= 6:
+            break
+        await asyncio.sleep(0.1)
+    true(committed >= 6, "writer commits counted (%r)" % committed)
+    sends = sum(m["im_logic_sends_total"] for m in after_lg) - \
+        sum(m["im_logic_sends_total"] for m in before_lg)
+    acked = sum(m["im_logic_send_ack_seconds_count"] for m in after_lg) - \
+        sum(m["im_logic_send_ack_seconds_count"] for m in before_lg)
+    true(sends >= 6 and acked >= 6, "logic sends %r, ack latencies %r" % (sends, acked))
+    for m in after_lg:
+        eq((m["im_logic_up"], m["im_logic_publisher_connected"], m["im_logic_writer_connected"]),
+           (1, 1, 1), "logic up and connected")
+
+
 def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
-        for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim):
+        for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
+                     metrics_move):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
 

@@ -24,6 +24,7 @@ import gwtest  # noqa: E402  (Gateway, http, token helpers)
 
 SECRET = "e2e-secret-0123456789abcdef-0123456789abcdef"
 LOGIC_RE = re.compile(r"logic: grpc listening on 127\.0\.0\.1:(\d+)")
+HTTP_RE = re.compile(r"logic: http listening on 127\.0\.0\.1:(\d+)")
 
 
 def infra_env():
@@ -43,7 +44,7 @@ class Logic:
 
     def __init__(self, binary, env, node_id, queue, extra=(), port=0):
         self.lines = []
-        self.port = None
+        self.port = self.http_port = None
         self._ready = threading.Event()
         full = dict(os.environ)
         full.update(env)
@@ -51,7 +52,8 @@ class Logic:
         full.pop("IM_JWT_SECRET", None)
         self.args = (binary, env, node_id, queue, tuple(extra))
         self.proc = subprocess.Popen(
-            [binary, "--grpc-listen", "127.0.0.1:%d" % port, "--jwt-secret", SECRET,
+            [binary, "--grpc-listen", "127.0.0.1:%d" % port, "--http-listen", "127.0.0.1:0",
+             "--jwt-secret", SECRET,
              "--password-cost", "min", "--node-id", str(node_id), "--writer-delay", "5ms",
              *extra],
             env=full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -65,11 +67,20 @@ class Logic:
         for raw in self.proc.stdout:
             line = raw.decode(errors="replace")
             self.lines.append(line)
+            h = HTTP_RE.search(line)
+            if h:
+                self.http_port = int(h.group(1))
             m = LOGIC_RE.search(line)
             if m and self.port is None:
                 self.port = int(m.group(1))
+            if self.port is not None and self.http_port is not None:
                 self._ready.set()
         self._ready.set()
+
+    def metrics(self):
+        status, _, body = gwtest.http("GET", "http://127.0.0.1:%d/metrics" % self.http_port)
+        gwtest.eq(status, 200, "logic /metrics status")
+        return gwtest.parse_metrics(body.decode())
 
     def stop(self):
         if self.proc.poll() is None:

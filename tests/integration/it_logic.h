@@ -73,9 +73,10 @@ static inline unsigned it_logic__port(const it_logic_t *lg)
  * the earlier run's lines.  Returns false (log path printed) on failure. */
 static inline bool it_logic_start(it_logic_t *lg, const char *const *extra)
 {
-    const char *args[32] = {lg->bin,    "--grpc-listen", "127.0.0.1:0", "--jwt-secret",
-                            IT_LOGIC_SECRET, "--password-cost", "min", NULL};
-    int n = 7;
+    const char *args[32] = {lg->bin,         "--grpc-listen",   "127.0.0.1:0", "--http-listen",
+                            "127.0.0.1:0",   "--jwt-secret",    IT_LOGIC_SECRET, "--password-cost",
+                            "min",           NULL};
+    int n = 9;
     FILE *trunc;
 
     if (lg->log_path[0] == '\0') {
