@@ -24,11 +24,10 @@
 #include <string.h>
 
 #include "gw_int.h"
+#include "gw_req.h"
 #include "gw_service_int.h"
 #include "im_alloc.h"
 #include "im_log.h"
-
-#define NTOK 64
 
 /* ------------------------------------------------------------ encoders */
 
@@ -242,8 +241,7 @@ typedef struct {
     uint64_t user; /* 0 before authentication */
     const char *name;
     im_jwt_claims_t claims;
-    im_json_t doc;
-    im_json_tok_t tok[NTOK];
+    gw_body_t body;
 } api_ctx_t;
 
 static bool authenticate(api_ctx_t *a)
@@ -271,8 +269,7 @@ static bool parse_body(api_ctx_t *a)
     size_t len = 0;
     const char *body = gw_http_body(a->req, &len);
 
-    if (im_json_parse(&a->doc, body, len, a->tok, NTOK, 4) == IM_OK &&
-        im_json_type(&a->doc, 0) == IM_JSON_OBJECT)
+    if (gw_body_parse(&a->body, body, len))
         return true;
     gw_http_respond_error(a->svc->gw, a->req, 400, "bad_json", "the body must be a JSON object");
     return false;
@@ -281,11 +278,9 @@ static bool parse_body(api_ctx_t *a)
 /* A string member of the body, copied into buf; false (400 sent) if bad. */
 static bool body_str(api_ctx_t *a, const char *key, char *buf, size_t cap)
 {
-    int t = im_json_find(&a->doc, 0, key);
-    size_t n = 0;
     char msg[96];
 
-    if (t >= 0 && im_json_str(&a->doc, t, buf, cap, &n) == IM_OK && strlen(buf) == n)
+    if (gw_body_str(&a->body, key, buf, cap))
         return true;
     snprintf(msg, sizeof(msg), "%s must be a string of at most %zu bytes", key, cap - 1);
     gw_http_respond_error(a->svc->gw, a->req, 400, "bad_request", msg);

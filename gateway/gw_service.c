@@ -236,24 +236,6 @@ void gw__jw_msg_fields(im_jw_t *w, const Im__V1__ChatMessage *m)
     }
 }
 
-uint64_t gw__json_id(const im_json_t *doc, int obj, const char *key)
-{
-    int t = obj >= 0 ? im_json_find(doc, obj, key) : -1;
-    char buf[24];
-    uint64_t v = 0;
-    char *end;
-
-    if (t < 0)
-        return 0;
-    if (im_json_type(doc, t) == IM_JSON_STRING) {
-        if (im_json_str(doc, t, buf, sizeof(buf), NULL) != IM_OK || buf[0] < '0' || buf[0] > '9')
-            return 0;
-        v = strtoull(buf, &end, 10);
-        return *end == '\0' ? v : 0;
-    }
-    return im_json_uint64(doc, t, &v) == IM_OK ? v : 0;
-}
-
 /* ------------------------------------------------------------ group index */
 
 void gw__group_add(gw_service_t *svc, gw_sess_t *s, uint64_t group)

@@ -116,9 +116,6 @@ void gw__jw_id(im_jw_t *w, const char *key, uint64_t id);
 void gw__jw_msg_fields(im_jw_t *w, const Im__V1__ChatMessage *m);
 void gw__jw_cid(im_jw_t *w, const gw_call_t *c);
 
-/* Reads an id member (string or number) of object obj; 0 when absent/bad. */
-uint64_t gw__json_id(const im_json_t *doc, int obj, const char *key);
-
 /* Encoders shared by frames and REST (gw_api.c): "messages": [...], "more";
  * "conversations": [...]; a buffer size that fits the history. */
 void gw__jw_history(im_jw_t *w, const Im__V1__HistoryResponse *r);
