@@ -196,8 +196,8 @@ static bool client_msg_id_ok(const char *s)
     return true;
 }
 
-static im_rpc_code_t validate(const lg_message_t *m, const Im__V1__SendRequest *req, char *msg,
-                              size_t msglen)
+im_rpc_code_t lg_message_validate(const Im__V1__SendRequest *req, size_t max_body, char *msg,
+                                  size_t msglen)
 {
     size_t len = strlen(req->body);
 
@@ -207,8 +207,8 @@ static im_rpc_code_t validate(const lg_message_t *m, const Im__V1__SendRequest *
         snprintf(msg, msglen, "bad_target: exactly one of to_user and to_group is required");
     else if (len == 0)
         snprintf(msg, msglen, "empty_body: the body is empty");
-    else if (len > m->sh->cfg.max_body)
-        snprintf(msg, msglen, "body_too_large: the body is over %zu bytes", m->sh->cfg.max_body);
+    else if (len > max_body)
+        snprintf(msg, msglen, "body_too_large: the body is over %zu bytes", max_body);
     else if (!im_utf8_valid(req->body, len))
         snprintf(msg, msglen, "bad_utf8: the body is not valid UTF-8");
     else if (!client_msg_id_ok(req->client_msg_id))
@@ -569,7 +569,7 @@ static void publish(lg_message_t *m, pending_t *p)
 static im_rpc_code_t admit(lg_message_t *m, im_rpc_call_t *call, const Im__V1__SendRequest *req,
                            char *conv, char *key, bool *go, char *msg, size_t msglen)
 {
-    im_rpc_code_t code = validate(m, req, msg, msglen);
+    im_rpc_code_t code = lg_message_validate(req, m->sh->cfg.max_body, msg, msglen);
     bool found, check_db = true;
 
     *go = false;

@@ -103,6 +103,12 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
                         lg_seq_t *seq, lg_session_t *sessions, lg_message_t **out);
 void lg_message_free(lg_message_t *m);
 
+/* The checks of a Send that need no server: sender, exactly one target,
+ * body 1..max_body bytes of valid UTF-8, client_msg_id 1..64 printable
+ * ASCII.  IM_RPC_OK or INVALID_ARGUMENT with msg set.  Pure. */
+im_rpc_code_t lg_message_validate(const Im__V1__SendRequest *req, size_t max_body, char *msg,
+                                  size_t msglen);
+
 /* Prometheus text of the Send counters and latency histogram into buf
  * (snprintf-style return).  Any thread. */
 size_t lg_message_format_metrics(lg_message_shared_t *sh, char *buf, size_t cap);
