@@ -4,6 +4,7 @@
  *   POST /api/v1/register                 {username, password} -> 201 {user_id}
  *   POST /api/v1/login                    {username, password} -> {user_id, token, expires_at}
  *   GET  /api/v1/me                                            -> {user_id, username}
+ *   POST /api/v1/me/delete                {password}           -> {deleted: true}
  *   GET  /api/v1/groups                                        -> {groups: [...]}
  *   POST /api/v1/groups                   {name}               -> 201 {group}
  *   POST /api/v1/groups/{id}/join | /leave                     -> {group}
@@ -319,6 +320,28 @@ static void api_auth(api_ctx_t *a, bool login)
     }
 }
 
+static void enc_deleted(im_jw_t *w, const gw_call_t *c)
+{
+    (void)c;
+    im_jw_key(w, "deleted");
+    im_jw_bool(w, true);
+}
+
+DONE(deleted_done, enc_deleted, 64)
+
+/* POST /api/v1/me/delete {password} */
+static void api_delete(api_ctx_t *a)
+{
+    Im__V1__DeleteAccountRequest req = IM__V1__DELETE_ACCOUNT_REQUEST__INIT;
+    char pass[256];
+
+    if (!parse_body(a) || !body_str(a, "password", pass, sizeof(pass)))
+        return;
+    req.user_id = a->user;
+    req.password = pass;
+    forward(a, deleted_done, 200, &im__v1__auth__descriptor, 3, &req.base);
+}
+
 static void api_me(api_ctx_t *a)
 {
     char body[160];
@@ -410,6 +433,8 @@ static bool route_authed(api_ctx_t *a, const char *method, const char *path)
 
     if (strcmp(path, "/api/v1/me") == 0 && strcmp(method, "GET") == 0)
         api_me(a);
+    else if (strcmp(path, "/api/v1/me/delete") == 0 && strcmp(method, "POST") == 0)
+        api_delete(a);
     else if (strcmp(path, "/api/v1/groups") == 0 &&
              (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0))
         api_groups(a, method);

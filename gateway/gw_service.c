@@ -323,7 +323,9 @@ static void online_done(gw_service_t *svc, gw_call_t *c)
     if (c->code != IM_RPC_OK) {
         /* Not routed: it would miss messages.  The client reconnects. */
         im_log_warn("service: Session.Online of user %" PRIu64 ": %s", c->user, c->message);
-        if (s != NULL)
+        if (s != NULL && c->code == IM_RPC_PERMISSION_DENIED)
+            gw_session_close(svc->gw, s->id, 1008, "user_deleted");
+        else if (s != NULL)
             gw_session_close(svc->gw, s->id, 1011, "try again later");
         return;
     }

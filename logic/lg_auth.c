@@ -12,6 +12,8 @@ struct lg_auth_s {
     const lg_auth_keys_t *keys;
     im_mysql_stmt_t *insert_user;
     im_mysql_stmt_t *find_user;
+    im_mysql_stmt_t *find_by_id;
+    im_mysql_stmt_t *mark_deleted;
     char token[IM_JWT_MAX_LEN + 1];
 };
 
@@ -45,6 +47,15 @@ im_err_t lg_auth_new(im_mysql_t *db, const lg_auth_keys_t *keys, lg_auth_t **out
                               "SELECT id, username, pass_hash FROM users "
                               "WHERE username = ? AND deleted_at_ms IS NULL",
                               &a->find_user);
+    if (rc == IM_OK)
+        rc = im_mysql_prepare(db,
+                              "SELECT pass_hash FROM users WHERE id = ? AND deleted_at_ms IS NULL",
+                              &a->find_by_id);
+    if (rc == IM_OK)
+        rc = im_mysql_prepare(db,
+                              "UPDATE users SET deleted_at_ms = ? "
+                              "WHERE id = ? AND deleted_at_ms IS NULL",
+                              &a->mark_deleted);
     if (rc != IM_OK) {
         lg_auth_free(a);
         return rc;
@@ -59,6 +70,8 @@ void lg_auth_free(lg_auth_t *a)
         return;
     im_mysql_stmt_free(a->insert_user);
     im_mysql_stmt_free(a->find_user);
+    im_mysql_stmt_free(a->find_by_id);
+    im_mysql_stmt_free(a->mark_deleted);
     im_free(a);
 }
 
@@ -172,6 +185,38 @@ im_rpc_code_t lg_auth_login(lg_auth_t *a, const Im__V1__LoginRequest *req,
     resp->user_id = claims.sub;
     resp->token = a->token;
     resp->expires_at_ms = claims.exp * 1000;
+    return IM_RPC_OK;
+}
+
+im_rpc_code_t lg_auth_delete(lg_auth_t *a, const Im__V1__DeleteAccountRequest *req,
+                             Im__V1__DeleteAccountResponse *resp, char *msg, size_t msglen)
+{
+    size_t pwlen = strlen(req->password);
+    const char *hash = a->keys->dummy_hash;
+    bool found;
+    im_err_t rc;
+
+    (void)resp;
+    im_mysql_bind_u64(a->find_by_id, 0, req->user_id);
+    rc = im_mysql_stmt_exec(a->find_by_id);
+    if (rc == IM_OK)
+        rc = im_mysql_stmt_next(a->find_by_id);
+    if (rc != IM_OK && rc != IM_ENOENT)
+        return lg__db_status(a->db, rc, "auth: find user", msg, msglen);
+    found = rc == IM_OK;
+    if (found)
+        hash = im_mysql_col_str(a->find_by_id, 0, NULL);
+    /* The hash is checked either way: the time does not tell what exists. */
+    if (im_password_verify(hash, req->password, pwlen) != IM_OK || !found) {
+        snprintf(msg, msglen, "bad_credentials: wrong password");
+        return IM_RPC_UNAUTHENTICATED;
+    }
+    im_mysql_bind_i64(a->mark_deleted, 0, (int64_t)im_wall_ms());
+    im_mysql_bind_u64(a->mark_deleted, 1, req->user_id);
+    rc = im_mysql_stmt_exec(a->mark_deleted);
+    if (rc != IM_OK)
+        return lg__db_status(a->db, rc, "auth: delete user", msg, msglen);
+    im_log_info("auth: user %llu deleted its account", (unsigned long long)req->user_id);
     return IM_RPC_OK;
 }
 

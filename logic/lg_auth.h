@@ -75,6 +75,16 @@ im_rpc_code_t lg_auth_signup(lg_auth_t *a, const Im__V1__RegisterRequest *req,
 im_rpc_code_t lg_auth_login(lg_auth_t *a, const Im__V1__LoginRequest *req,
                             Im__V1__LoginResponse *resp, char *msg, size_t msglen);
 
+/* Auth.DeleteAccount: checks the password of user_id, then marks the user
+ * deleted (soft).  UNAUTHENTICATED "bad_credentials" for a wrong password or
+ * an unknown or already deleted user.  The caller records the deletion in
+ * Redis (LG_DELETED_KEY) so sessions and sends with old tokens are refused. */
+im_rpc_code_t lg_auth_delete(lg_auth_t *a, const Im__V1__DeleteAccountRequest *req,
+                             Im__V1__DeleteAccountResponse *resp, char *msg, size_t msglen);
+
+/* Redis key marking a deleted user, for the life of its last token. */
+#define LG_DELETED_KEY "im:deleted:%llu"
+
 /* Checks a token signed with keys' secret at the current time, with
  * LG_AUTH_LEEWAY_S of leeway.  Like a gateway's local check it does not
  * consult the database: a token stays valid until its exp.  Strings put in

@@ -49,8 +49,10 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
  * against the table, because this server (ARGV[2] is its run_id) may have
  * lost records.  Returns {1, check_until} when claimed, {1, ""} when claimed
  * but KEYS[2] is missing or from another run (the caller computes and sets
- * it), {0, current value} when not claimed. */
+ * it), {0, current value} when not claimed, {2, ""} when the sender's
+ * account is deleted (KEYS[3] exists). */
 static const char claim_lua[] =
+    "if redis.call('EXISTS', KEYS[3]) == 1 then return {2, ''} end\n" /* sender deleted */
     "if not redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then\n"
     "  return {0, redis.call('GET', KEYS[1]) or ''}\n"
     "end\n"
@@ -330,11 +332,11 @@ static uint64_t check_until(lg_message_t *m, const char *run_id)
  * caller goes on (*check_db: Redis may have lost records, ask the table
  * too), or with *claimed false when the call was answered as a duplicate;
  * another code (msg set) otherwise. */
-static im_rpc_code_t claim(lg_message_t *m, im_rpc_call_t *call, const char *key, bool *claimed,
-                           bool *check_db, char *msg, size_t msglen)
+static im_rpc_code_t claim(lg_message_t *m, im_rpc_call_t *call, uint64_t sender, const char *key,
+                           bool *claimed, bool *check_db, char *msg, size_t msglen)
 {
-    char ttl[16];
-    const char *run_id = NULL, *args[4];
+    char ttl[16], deleted[40];
+    const char *run_id = NULL, *args[5];
     const char *second;
     im_redis_reply_t *rep = NULL;
     im_err_t rc;
@@ -343,14 +345,21 @@ static im_rpc_code_t claim(lg_message_t *m, im_rpc_call_t *call, const char *key
         im_redis_reconnect(m->redis);
     rc = im_redis_run_id(m->redis, &run_id);
     snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+    snprintf(deleted, sizeof(deleted), LG_DELETED_KEY, (unsigned long long)sender);
     args[0] = key;
     args[1] = LG_DEDUP_SINCE_KEY;
-    args[2] = ttl;
-    args[3] = run_id;
+    args[2] = deleted;
+    args[3] = ttl;
+    args[4] = run_id;
     if (rc == IM_OK)
-        rc = im_redis_eval(m->redis, &m->claim, 2, 4, args, NULL, &rep);
+        rc = im_redis_eval(m->redis, &m->claim, 3, 5, args, NULL, &rep);
     if (rc != IM_OK)
         return redis_status(m, rc, msg, msglen);
+    if (im_redis_reply_int(im_redis_reply_elem(rep, 0)) == 2) {
+        im_redis_reply_free(rep);
+        snprintf(msg, msglen, "user_deleted: this account was deleted");
+        return IM_RPC_PERMISSION_DENIED;
+    }
     *claimed = im_redis_reply_int(im_redis_reply_elem(rep, 0)) == 1;
     second = im_redis_reply_str(im_redis_reply_elem(rep, 1), NULL);
     if (*claimed) {
@@ -578,7 +587,7 @@ static im_rpc_code_t admit(lg_message_t *m, im_rpc_call_t *call, const Im__V1__S
     if (code != IM_RPC_OK)
         return code;
     snprintf(key, KEY_MAX, "im:dedup:%" PRIu64 ":%s", req->sender, req->client_msg_id);
-    code = claim(m, call, key, go, &check_db, msg, msglen);
+    code = claim(m, call, req->sender, key, go, &check_db, msg, msglen);
     if (code != IM_RPC_OK || !*go || !check_db)
         return code;
     code = find_stored(m, call, req, &found, msg, msglen);

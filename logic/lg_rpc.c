@@ -308,6 +308,39 @@ static void login_cb(im_rpc_call_t *call, void *arg)
     session_give(r, s);
 }
 
+/* DeleteAccount: the mark in MySQL, then one in Redis that refuses the
+ * account's sessions and sends while any of its tokens may still be valid. */
+static void delete_cb(im_rpc_call_t *call, void *arg)
+{
+    lg_rpc_t *r = arg;
+    const Im__V1__DeleteAccountRequest *req =
+        (const Im__V1__DeleteAccountRequest *)im_rpc_call_request(call);
+    Im__V1__DeleteAccountResponse resp = IM__V1__DELETE_ACCOUNT_RESPONSE__INIT;
+    char msg[256], key[48];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_DB | NEED_REDIS, msg, sizeof(msg));
+
+    if (code == IM_RPC_OK)
+        code = lg_auth_delete(s->auth, req, &resp, msg, sizeof(msg));
+    if (code == IM_RPC_OK) {
+        snprintf(key, sizeof(key), LG_DELETED_KEY, (unsigned long long)req->user_id);
+        if (!im_redis_is_open(s->redis))
+            im_redis_reconnect(s->redis);
+        if (im_redis_command(s->redis, NULL, "SET %s 1 EX %lld", key,
+                             (long long)r->cfg.token_ttl_s + 60) != IM_OK) {
+            /* Deleted in MySQL (login refused); old tokens keep working
+             * until they expire.  Say so rather than pretend. */
+            im_log_error("rpc: user %llu deleted but not marked in redis: old tokens stay valid",
+                         (unsigned long long)req->user_id);
+            code = IM_RPC_UNAVAILABLE;
+            snprintf(msg, sizeof(msg), "redis_unavailable: the account is deleted, but "
+                                       "existing sessions may go on until their tokens expire");
+        }
+    }
+    complete(call, code, &resp.base, msg);
+    session_give(r, s);
+}
+
 /* Group changes that move a user in or out of a group tell the gateways
  * holding that user (they bind or unbind the group's routing key). */
 #define GROUP_CHANGE_HANDLER(name, fn, ReqT, joined)                                               \
@@ -437,6 +470,7 @@ static const im_rpc_method_t auth_methods[] = {
     {signup_cb, true},
     {login_cb, true},
     {verify_token_cb, false},
+    {delete_cb, true},
 };
 static const im_rpc_method_t group_methods[] = {
     {create_cb, true}, {join_cb, true}, {leave_cb, true}, {members_cb, true}, {mine_cb, true},

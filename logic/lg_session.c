@@ -25,9 +25,11 @@
     "  end\n"                                                                                      \
     "end\n"
 
-/* KEYS[1] route set; ARGV: member, now ms, gateway, lease ms, route ttl ms.
- * Returns how many other live sessions the user has. */
+/* KEYS[1] route set; ARGV: member, now ms, gateway, lease ms, route ttl ms,
+ * user id.  Returns how many other live sessions the user has, or -1 when
+ * the user deleted its account (no session is registered). */
 static const char online_lua[] = LUA_GATEWAY_OF
+    "if redis.call('EXISTS', 'im:deleted:' .. ARGV[6]) == 1 then return -1 end\n"
     "redis.call('SET', 'im:gw:' .. ARGV[3], '1', 'PX', ARGV[4])\n" LUA_COUNT_LIVE
     "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[5])\n"
@@ -154,8 +156,8 @@ static im_err_t run_on_route(lg_session_t *s, im_redis_script_t *script,
 im_rpc_code_t lg_session_online(lg_session_t *s, const Im__V1__SessionRequest *req,
                                 Im__V1__SessionResponse *resp, char *msg, size_t msglen)
 {
-    char now[24], ttl[24], route_ttl[24];
-    const char *more[4] = {now, req->gateway_id, ttl, route_ttl};
+    char now[24], ttl[24], route_ttl[24], user[24];
+    const char *more[5] = {now, req->gateway_id, ttl, route_ttl, user};
     im_rpc_code_t code = check_request(req, true, msg, msglen);
     long long others = 0;
     im_err_t rc;
@@ -165,9 +167,14 @@ im_rpc_code_t lg_session_online(lg_session_t *s, const Im__V1__SessionRequest *r
     snprintf(now, sizeof(now), "%" PRIu64, im_wall_ms());
     snprintf(ttl, sizeof(ttl), "%" PRId64, s->ttl_ms);
     snprintf(route_ttl, sizeof(route_ttl), "%lld", ROUTE_TTL_MS);
-    rc = run_on_route(s, &s->online, req, more, 4, &others);
+    snprintf(user, sizeof(user), "%" PRIu64, req->user_id);
+    rc = run_on_route(s, &s->online, req, more, 5, &others);
     if (rc != IM_OK)
         return redis_status(s, rc, "online", msg, msglen);
+    if (others < 0) {
+        snprintf(msg, msglen, "user_deleted: this account was deleted");
+        return IM_RPC_PERMISSION_DENIED;
+    }
     resp->ttl_ms = s->ttl_ms;
     resp->first = others == 0;
     return IM_RPC_OK;

@@ -16,6 +16,8 @@ import asyncio
 import json
 import sys
 
+import websockets
+
 from imsys import System, nothing, ready, recv, recv_type, send
 import gwtest
 from gwtest import eq, true
@@ -201,6 +203,31 @@ async def verbatim(sys_):
         eq((await recv_type(wa, "error"))["code"], "bad_request", "NUL in a body")
 
 
+async def deleted_account(sys_):
+    """A deleted account cannot log in, open a session or send, even with a
+    token issued before; the deletion asks for the password."""
+    u, peer = sys_.signup("del"), sys_.signup("del")
+    async with sys_.ws(0, u) as w:
+        await ready(w)
+        status, body = sys_.api("POST", "/api/v1/me/delete", {"password": "not-it-1"},
+                                u["token"])
+        eq((status, body["error"]["code"]), (401, "bad_credentials"), "delete needs the password")
+        status, body = sys_.api("POST", "/api/v1/me/delete", {"password": "password1"},
+                                u["token"])
+        eq((status, body), (200, {"deleted": True}), "delete")
+        await send(w, "del-1", "still here?", user=peer["id"])
+        eq((await recv_type(w, "error"))["code"], "user_deleted", "send after delete")
+    status, body = sys_.api("POST", "/api/v1/login", {"username": u["name"],
+                                                      "password": "password1"})
+    eq(status, 401, "login after delete")
+    async with sys_.ws(1, u) as w:
+        try:
+            f = await recv(w)
+            raise AssertionError("a deleted user's session got %r" % f)
+        except websockets.exceptions.ConnectionClosed as e:
+            eq((e.code, e.reason), (1008, "user_deleted"), "session of a deleted user")
+
+
 async def metrics_move(sys_):
     """Both services' /metrics parse as Prometheus text and count what
     flowed: sends, acks, deliveries, commits, latency observations."""
@@ -242,7 +269,7 @@ def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
         for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
-                     metrics_move):
+                     deleted_account, metrics_move):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
 
