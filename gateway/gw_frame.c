@@ -140,20 +140,18 @@ static void dispatch(gw_t *gw, gw_session_t *s, const im_json_t *doc, int cid, c
     }
 }
 
-/* Returns 0 when the message must not be processed (refused or closing). */
-static int admit(gw_t *gw, gw_session_t *s, const char *data, size_t len)
+/* Returns 0 when the message must not be processed (refused or closing).
+ * doc and cid (may be NULL / negative) let a rate_limited error echo the
+ * cid, so the client knows which message to send again later. */
+static int admit(gw_t *gw, gw_session_t *s, const im_json_t *doc, int cid)
 {
-    if (!im_utf8_valid(data, len)) {
-        gw__session_close(gw, s, 1007, "invalid UTF-8", GW_CLOSE_BAD_UTF8);
-        return 0;
-    }
     switch (gw_bucket_take(&s->bucket, (uint32_t)gw->cfg.rate_limit, (uint32_t)gw->cfg.rate_burst,
                            im_mono_ms())) {
     case GW_RATE_OK:
         return 1;
     case GW_RATE_LIMITED:
         gw->metrics.rate_limited++;
-        reply_error(gw, s, NULL, -1, "rate_limited", "too many messages: slow down");
+        reply_error(gw, s, doc, cid, "rate_limited", "too many messages: slow down");
         return 0;
     case GW_RATE_ABUSE:
     default:
@@ -171,18 +169,29 @@ void gw__frame_text(gw_t *gw, gw_session_t *s, const char *data, size_t len)
     char type[GW_TYPE_MAX + 1];
     im_json_t doc;
     im_err_t rc;
-    int cid;
+    int cid = -1;
+    bool object;
 
     gw->metrics.frames_in++;
     gw->metrics.bytes_in += len;
-    if (!admit(gw, s, data, len))
+    if (!im_utf8_valid(data, len)) {
+        gw__session_close(gw, s, 1007, "invalid UTF-8", GW_CLOSE_BAD_UTF8);
         return;
+    }
     rc = im_json_parse(&doc, data, len, tok, MAX_TOKENS, 0);
+    object = rc == IM_OK && im_json_type(&doc, 0) == IM_JSON_OBJECT;
+    if (object) {
+        cid = im_json_find(&doc, 0, "cid");
+        if (!check_cid(&doc, cid))
+            cid = -1;
+    }
+    if (!admit(gw, s, object ? &doc : NULL, cid))
+        return;
     if (rc != IM_OK) {
         reply_error(gw, s, NULL, -1, "bad_json", parse_error_text(rc));
         return;
     }
-    if (im_json_type(&doc, 0) != IM_JSON_OBJECT) {
+    if (!object) {
         reply_error(gw, s, NULL, -1, "bad_request", "a message must be a JSON object");
         return;
     }

@@ -81,7 +81,8 @@ static void call_done_task(gw_t *gw, void *arg)
 
     (void)gw;
     atomic_fetch_sub(&c->svc->outstanding, 1);
-    c->done(c->svc, c);
+    if (c->done != NULL)
+        c->done(c->svc, c);
     call_free(c);
 }
 
@@ -297,6 +298,13 @@ static void session_request(gw_service_t *svc, const gw_sess_t *s, Im__V1__Sessi
     req->session_id = sid;
 }
 
+static void noop_done(gw_service_t *svc, gw_call_t *c)
+{
+    (void)svc;
+    if (c->code != IM_RPC_OK)
+        im_log_debug("service: call failed: %s", c->message);
+}
+
 /* Online and Mine are both in: the session is routed to and holds its
  * groups, so from now on nothing addressed to it is missed live, and a sync
  * started now covers everything before.  The client learns it by "ready". */
@@ -340,7 +348,7 @@ static void online_done(gw_service_t *svc, gw_call_t *c)
         Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
         char sid[24];
         session_request(svc, &gone, &req, sid, sizeof(sid));
-        gw__call(svc, gw__call_new(svc, GW_CALL_OFFLINE, NULL), &im__v1__session__descriptor, 1,
+        gw__call(svc, gw__call_new(svc, GW_CALL_OFFLINE, noop_done), &im__v1__session__descriptor, 1,
                  &req.base);
     }
 }
@@ -397,13 +405,6 @@ static void mine_done(gw_service_t *svc, gw_call_t *c)
     for (size_t i = 0; i < r->n_groups; i++)
         gw__group_add(svc, s, r->groups[i]->id);
     gw_deliver_barrier(svc->deliver, bound_cb, barrier_new(svc, s->id));
-}
-
-static void noop_done(gw_service_t *svc, gw_call_t *c)
-{
-    (void)svc;
-    if (c->code != IM_RPC_OK)
-        im_log_debug("service: call failed: %s", c->message);
 }
 
 static void on_open(gw_t *gw, const gw_session_info_t *info, void *arg)

@@ -30,7 +30,9 @@ static const struct {
     {offsetof(lg_notify_t, peers),
      "SELECT conv_id FROM user_convs WHERE user_id = ? ORDER BY created_at_ms DESC LIMIT 200"},
     {offsetof(lg_notify_t, groups),
-     "SELECT group_id FROM group_members WHERE user_id = ? ORDER BY joined_at_ms DESC LIMIT 200"},
+     "SELECT gm.group_id FROM group_members gm WHERE gm.user_id = ? "
+     "AND (SELECT COUNT(*) FROM group_members m WHERE m.group_id = gm.group_id) <= 100 "
+     "ORDER BY gm.joined_at_ms DESC LIMIT 200"},
 };
 #define N_STATEMENTS (sizeof(statements) / sizeof(statements[0]))
 

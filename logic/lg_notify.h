@@ -10,7 +10,10 @@
  * broker is not retried (a reconnecting client asks for state afresh).
  *
  * Presence goes to the user's direct-chat peers (its LG_PRESENCE_PEERS_MAX
- * most recent) and to each of its groups.
+ * most recent) and to each of its groups of at most
+ * LG_PRESENCE_GROUP_MEMBERS_MAX members: in a group of N members coming
+ * online, presence costs N^2 frames (a benchmark saw 500k frames for 1000
+ * members), so large groups get none, as in most chat systems.
  *
  * Threads: an lg_notify_t belongs to the thread that owns its connection.
  */
@@ -30,6 +33,7 @@
 
 #define LG_PRESENCE_PEERS_MAX 200
 #define LG_PRESENCE_GROUPS_MAX 200
+#define LG_PRESENCE_GROUP_MEMBERS_MAX 100 /* also in the SQL of lg_notify.c */
 
 typedef struct lg_notify_s lg_notify_t;
 

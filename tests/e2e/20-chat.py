@@ -228,6 +228,23 @@ async def deleted_account(sys_):
             eq((e.code, e.reason), (1008, "user_deleted"), "session of a deleted user")
 
 
+async def connect_storm(sys_):
+    """Sessions that close before logic answered their registration (a
+    benchmark crashed the gateway this way): the gateway stays up and a
+    session opened afterwards works."""
+    u = sys_.signup("storm")
+    for _ in range(3):
+        conns = [await sys_.ws(0, u).__aenter__() for _ in range(20)]
+        for ws in conns:
+            await ws.close()
+    async with sys_.ws(0, u) as w:
+        await ready(w)
+        await w.send(json.dumps({"type": "ping", "cid": 1}))
+        eq((await recv_type(w, "pong"))["cid"], 1, "pong after the storm")
+    status, _, _ = gwtest.http("GET", sys_.gateways[0].url("/healthz"))
+    eq(status, 200, "healthz after the storm")
+
+
 async def metrics_move(sys_):
     """Both services' /metrics parse as Prometheus text and count what
     flowed: sends, acks, deliveries, commits, latency observations."""
@@ -269,7 +286,7 @@ def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
         for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
-                     deleted_account, metrics_move):
+                     deleted_account, connect_storm, metrics_move):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
 
