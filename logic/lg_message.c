@@ -456,8 +456,12 @@ void lg_message_fanout(lg_message_shared_t *sh, const char *rkey, const Im__V1__
     uint8_t *buf = im_malloc(len ? len : 1);
 
     im__v1__delivery__pack(d, buf);
+    /* A live delivery that cannot go out within a second is dropped: late,
+     * it could overtake nothing but be overtaken (another instance's later
+     * message of the same conversation), and the gateways, which lost the
+     * broker too, tell their clients to resync anyway. */
     lg_publisher_submit(sh->cfg.publisher, LG_DELIVER_EXCHANGE, rkey, buf, len, false,
-                        sh->cfg.publish_timeout_ms, deliver_done_cb, NULL);
+                        LG_DELIVER_TIMEOUT_MS, deliver_done_cb, NULL);
     im_free(buf);
 }
 
@@ -501,10 +505,12 @@ static void confirm_cb(void *arg, im_err_t result)
     resp.conv = p->conv;
     resp.seq = p->msg.seq;
     resp.created_at_ms = p->msg.created_at_ms;
+    /* Deliveries are queued before the sender hears back: its next message
+     * (maybe through another logic instance) cannot overtake this one. */
+    deliver(p);
     record_outcome(p, true);
     im_rpc_reply(p->call, &resp.base);
     im_hist_observe_us(&p->sh->ack_latency, im_mono_ns() / 1000 - p->start_us);
-    deliver(p);
     pending_free(p);
 }
 

@@ -75,6 +75,7 @@
 #include "lg_session.h"
 
 #define LG_DELIVER_EXCHANGE "im.deliver"
+#define LG_DELIVER_TIMEOUT_MS 1000 /* a live delivery not sent by then is dropped */
 #define LG_CLIENT_MSG_ID_MAX 64
 #define LG_SEND_STRIPES 64 /* locks keeping a conversation's seq and publish in order */
 #define LG_DEDUP_TTL_MS (24 * 3600 * 1000)

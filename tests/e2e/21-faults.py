@@ -25,9 +25,10 @@ DB_SECONDS = int(os.environ.get("IM_FAULT_DB_SECONDS", "30"))
 
 
 def report(name, summary):
-    print("ok   %-28s acked %4d, sender errors %s, reconnects %d"
-          % (name, summary["acked"], summary["errors"] or "{}", summary["reconnects"]),
-          flush=True)
+    print("ok   %-28s acked %4d, sender errors %s, reconnects %d%s"
+          % (name, summary["acked"], summary["errors"] or "{}", summary["reconnects"],
+             ", %d acked under a second id (known window)" % summary["renamed"]
+             if summary["renamed"] else ""), flush=True)
 
 
 async def gateway_kill(sys_):
@@ -70,7 +71,7 @@ async def redis_restart(sys_):
         await asyncio.get_running_loop().run_in_executor(None, infra, "stop", "redis")
         await asyncio.sleep(1)
         await asyncio.get_running_loop().run_in_executor(None, infra, "up")
-    return await run_with_fault(sys_, fault, check_seq_rises=True)
+    return await run_with_fault(sys_, fault, check_seq_rises=True, redis_lost=True)
 
 
 def main():

@@ -181,6 +181,22 @@ def stored_counts(ids):
         db.close()
 
 
+def stored_by_cid(pairs):
+    """(sender, client_msg_id) -> stored ids, for acked messages whose acked
+    id is not stored."""
+    db = mysql()
+    try:
+        out = {}
+        with db.cursor() as c:
+            for sender, cid in pairs:
+                c.execute("SELECT id FROM messages WHERE sender_id = %s AND client_msg_id = %s",
+                          (sender, cid))
+                out[(sender, cid)] = [str(r[0]) for r in c.fetchall()]
+        return out
+    finally:
+        db.close()
+
+
 def infra(*args):
     script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "infra.sh")
     subprocess.run([script, *args], check=True, stdout=subprocess.DEVNULL,
@@ -188,7 +204,7 @@ def infra(*args):
 
 
 async def run_with_fault(sys_, fault, pairs=4, seconds=12, rate=10, gateways=(0, 1),
-                         check_seq_rises=False):
+                         check_seq_rises=False, redis_lost=False):
     """pairs senders -> receivers for `seconds` while `fault` (a coroutine
     function) runs; then the exactly-once checks.  Returns a summary dict."""
     users = [(sys_.signup("snd"), sys_.signup("rcv")) for _ in range(pairs)]
@@ -208,10 +224,25 @@ async def run_with_fault(sys_, fault, pairs=4, seconds=12, rate=10, gateways=(0,
         counts = stored_counts(acked)
         bad = {i: n for i, n in counts.items() if n != 1}
         missing = [i for i in acked if i not in counts]
+        renamed = {}
+        if missing and redis_lost:
+            # The documented window (logic/lg_message.h, "Known window"): a
+            # message confirmed but not yet written when Redis lost its dedup
+            # record, retried meanwhile, gets a second id that the writer
+            # then drops on (sender, client_msg_id).  The message itself must
+            # still be stored exactly once.
+            pairs = {}
+            for i in missing:
+                snd, ack = acked[i]
+                pairs[(senders[snd].user["id"], ack["cid"])] = i
+            for key, ids in stored_by_cid(pairs).items():
+                if len(ids) == 1:
+                    renamed[pairs[key]] = ids[0]
+            missing = [i for i in missing if i not in renamed]
         if bad or missing:
             raise AssertionError("acked but stored %r times; never stored: %r" % (bad, missing))
         for i, rcv in enumerate(receivers):
-            want = {a["id"] for a in senders[i].acks.values()}
+            want = {renamed.get(a["id"], a["id"]) for a in senders[i].acks.values()}
             async for _ in rcv.final_sync():
                 if want <= set(rcv.seen):
                     break
@@ -233,7 +264,7 @@ async def run_with_fault(sys_, fault, pairs=4, seconds=12, rate=10, gateways=(0,
         for s in senders:
             for k, v in s.errors.items():
                 errors[k] = errors.get(k, 0) + v
-        return {"acked": len(acked), "errors": errors,
+        return {"acked": len(acked), "errors": errors, "renamed": len(renamed),
                 "reconnects": sum(x.conn.reconnects for x in senders + receivers)}
     finally:
         for x in senders + receivers:
