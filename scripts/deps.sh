@@ -21,7 +21,10 @@ PACKAGES=(
     # fuzzing and sanitizers
     clang-14 libclang-rt-14-dev
     # test clients and reports (use /usr/bin/python3: it sees these modules)
-    python3-websockets python3-pymysql python3-pika python3-redis gnuplot-nox
+    python3-websockets python3-pymysql python3-pika python3-redis python3-yaml gnuplot-nox
+    # the web client's browser test (tests/web): headless chromium driven from node; npm only
+    # when there is none yet (NodeSource's nodejs bundles npm and conflicts with Debian's)
+    chromium nodejs $(command -v npm >/dev/null 2>&1 || echo npm)
     # ps, ss: used by infra.sh
     procps iproute2
 )
