@@ -5,6 +5,7 @@
  *   POST /api/v1/login                    {username, password} -> {user_id, token, expires_at}
  *   GET  /api/v1/me                                            -> {user_id, username}
  *   POST /api/v1/me/delete                {password}           -> {deleted: true}
+ *   GET  /api/v1/users?name=alice | ?ids=1,2                   -> {users: [{id, username}]}
  *   GET  /api/v1/groups                                        -> {groups: [...]}
  *   POST /api/v1/groups                   {name}               -> 201 {group}
  *   POST /api/v1/groups/{id}/join | /leave                     -> {group}
@@ -342,6 +343,63 @@ static void api_delete(api_ctx_t *a)
     forward(a, deleted_done, 200, &im__v1__auth__descriptor, 3, &req.base);
 }
 
+static void enc_users(im_jw_t *w, const gw_call_t *c)
+{
+    const Im__V1__FindUsersResponse *r = RESP(c, Im__V1__FindUsersResponse);
+
+    im_jw_key(w, "users");
+    im_jw_arr_begin(w);
+    for (size_t i = 0; i < r->n_users; i++) {
+        im_jw_obj_begin(w);
+        gw__jw_id(w, "id", r->users[i]->id);
+        im_jw_key(w, "username");
+        im_jw_cstr(w, r->users[i]->username);
+        im_jw_obj_end(w);
+    }
+    im_jw_arr_end(w);
+}
+
+DONE(users_done, enc_users, 64 + RESP(c, Im__V1__FindUsersResponse)->n_users * 80)
+
+/* A query parameter's value into buf ("" when absent). */
+static void query_str(const char *query, const char *key, char *buf, size_t cap)
+{
+    size_t n = strlen(key);
+
+    buf[0] = '\0';
+    for (const char *p = query; p && *p; p = strchr(p, '&') ? strchr(p, '&') + 1 : NULL) {
+        if (strncmp(p, key, n) == 0 && p[n] == '=') {
+            const char *v = p + n + 1, *end = strchr(v, '&');
+            size_t len = end ? (size_t)(end - v) : strlen(v);
+            snprintf(buf, cap, "%.*s", (int)(len < cap ? len : cap - 1), v);
+            return;
+        }
+    }
+}
+
+/* GET /api/v1/users?name=alice  or  ?ids=1,2,3 */
+static void api_users(api_ctx_t *a)
+{
+    Im__V1__FindUsersRequest req = IM__V1__FIND_USERS_REQUEST__INIT;
+    char name[64], ids_text[4096], *save = NULL;
+    uint64_t ids[200];
+
+    query_str(gw_http_query(a->req), "name", name, sizeof(name));
+    query_str(gw_http_query(a->req), "ids", ids_text, sizeof(ids_text));
+    for (char *t = strtok_r(ids_text, ",", &save); t != NULL && req.n_ids < 200;
+         t = strtok_r(NULL, ",", &save))
+        if ((ids[req.n_ids] = strtoull(t, NULL, 10)) != 0)
+            req.n_ids++;
+    if ((name[0] != '\0') == (req.n_ids > 0)) {
+        gw_http_respond_error(a->svc->gw, a->req, 400, "bad_request",
+                              "give ?name=<username> or ?ids=<id,id,...>");
+        return;
+    }
+    req.username = name;
+    req.ids = ids;
+    forward(a, users_done, 200, &im__v1__auth__descriptor, 4, &req.base);
+}
+
 static void api_me(api_ctx_t *a)
 {
     char body[160];
@@ -435,6 +493,8 @@ static bool route_authed(api_ctx_t *a, const char *method, const char *path)
         api_me(a);
     else if (strcmp(path, "/api/v1/me/delete") == 0 && strcmp(method, "POST") == 0)
         api_delete(a);
+    else if (strcmp(path, "/api/v1/users") == 0 && strcmp(method, "GET") == 0)
+        api_users(a);
     else if (strcmp(path, "/api/v1/groups") == 0 &&
              (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0))
         api_groups(a, method);

@@ -14,6 +14,11 @@ struct lg_auth_s {
     im_mysql_stmt_t *find_user;
     im_mysql_stmt_t *find_by_id;
     im_mysql_stmt_t *mark_deleted;
+    im_mysql_stmt_t *by_id;
+    /* FindUsers' answer (valid until the next call). */
+    Im__V1__UserInfo users[LG_FIND_USERS_MAX];
+    Im__V1__UserInfo *user_ptrs[LG_FIND_USERS_MAX];
+    char names[LG_FIND_USERS_MAX][33];
     char token[IM_JWT_MAX_LEN + 1];
 };
 
@@ -56,6 +61,10 @@ im_err_t lg_auth_new(im_mysql_t *db, const lg_auth_keys_t *keys, lg_auth_t **out
                               "UPDATE users SET deleted_at_ms = ? "
                               "WHERE id = ? AND deleted_at_ms IS NULL",
                               &a->mark_deleted);
+    if (rc == IM_OK)
+        rc = im_mysql_prepare(db,
+                              "SELECT id, username FROM users WHERE id = ? AND deleted_at_ms IS NULL",
+                              &a->by_id);
     if (rc != IM_OK) {
         lg_auth_free(a);
         return rc;
@@ -72,6 +81,7 @@ void lg_auth_free(lg_auth_t *a)
     im_mysql_stmt_free(a->find_user);
     im_mysql_stmt_free(a->find_by_id);
     im_mysql_stmt_free(a->mark_deleted);
+    im_mysql_stmt_free(a->by_id);
     im_free(a);
 }
 
@@ -217,6 +227,52 @@ im_rpc_code_t lg_auth_delete(lg_auth_t *a, const Im__V1__DeleteAccountRequest *r
     if (rc != IM_OK)
         return lg__db_status(a->db, rc, "auth: delete user", msg, msglen);
     im_log_info("auth: user %llu deleted its account", (unsigned long long)req->user_id);
+    return IM_RPC_OK;
+}
+
+/* Runs st (bound) and appends its (id, username) row, if any, to resp. */
+static im_err_t find_one(lg_auth_t *a, im_mysql_stmt_t *st, Im__V1__FindUsersResponse *resp)
+{
+    im_err_t rc = im_mysql_stmt_exec(st);
+    size_t i = resp->n_users;
+
+    if (rc == IM_OK)
+        rc = im_mysql_stmt_next(st);
+    if (rc == IM_ENOENT)
+        return IM_OK;
+    if (rc != IM_OK)
+        return rc;
+    im__v1__user_info__init(&a->users[i]);
+    a->users[i].id = im_mysql_col_u64(st, 0);
+    snprintf(a->names[i], sizeof(a->names[i]), "%s", im_mysql_col_str(st, 1, NULL));
+    a->users[i].username = a->names[i];
+    a->user_ptrs[i] = &a->users[i];
+    resp->users = a->user_ptrs;
+    resp->n_users = i + 1;
+    return IM_OK;
+}
+
+im_rpc_code_t lg_auth_find(lg_auth_t *a, const Im__V1__FindUsersRequest *req,
+                           Im__V1__FindUsersResponse *resp, char *msg, size_t msglen)
+{
+    im_err_t rc = IM_OK;
+
+    if ((req->username[0] != '\0') == (req->n_ids > 0) || req->n_ids > LG_FIND_USERS_MAX) {
+        snprintf(msg, msglen, "bad_request: a username or 1..%d ids", LG_FIND_USERS_MAX);
+        return IM_RPC_INVALID_ARGUMENT;
+    }
+    if (req->username[0] != '\0') {
+        if (!username_ok(req->username))
+            return IM_RPC_OK; /* no such name can exist */
+        im_mysql_bind_str(a->find_user, 0, req->username, strlen(req->username));
+        rc = find_one(a, a->find_user, resp);
+    }
+    for (size_t i = 0; rc == IM_OK && i < req->n_ids; i++) {
+        im_mysql_bind_u64(a->by_id, 0, req->ids[i]);
+        rc = find_one(a, a->by_id, resp);
+    }
+    if (rc != IM_OK)
+        return lg__db_status(a->db, rc, "auth: find users", msg, msglen);
     return IM_RPC_OK;
 }
 

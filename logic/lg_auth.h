@@ -82,6 +82,13 @@ im_rpc_code_t lg_auth_login(lg_auth_t *a, const Im__V1__LoginRequest *req,
 im_rpc_code_t lg_auth_delete(lg_auth_t *a, const Im__V1__DeleteAccountRequest *req,
                              Im__V1__DeleteAccountResponse *resp, char *msg, size_t msglen);
 
+/* Auth.FindUsers: by exact name (case-insensitive) or by up to
+ * LG_FIND_USERS_MAX ids; deleted users are not found.  What resp points to
+ * lives in a until the next call. */
+#define LG_FIND_USERS_MAX 200
+im_rpc_code_t lg_auth_find(lg_auth_t *a, const Im__V1__FindUsersRequest *req,
+                           Im__V1__FindUsersResponse *resp, char *msg, size_t msglen);
+
 /* Redis key marking a deleted user, for the life of its last token. */
 #define LG_DELETED_KEY "im:deleted:%llu"
 

@@ -215,6 +215,8 @@ static void complete(im_rpc_call_t *call, im_rpc_code_t code, const ProtobufCMes
 
 DB_HANDLER(signup, auth, lg_auth_signup, Im__V1__RegisterRequest, Im__V1__RegisterResponse,
            IM__V1__REGISTER_RESPONSE__INIT)
+DB_HANDLER(find_users, auth, lg_auth_find, Im__V1__FindUsersRequest, Im__V1__FindUsersResponse,
+           IM__V1__FIND_USERS_RESPONSE__INIT)
 DB_HANDLER(members, group, lg_group_members, Im__V1__GroupRequest, Im__V1__MembersResponse,
            IM__V1__MEMBERS_RESPONSE__INIT)
 DB_HANDLER(mine, group, lg_group_mine, Im__V1__MyGroupsRequest, Im__V1__MyGroupsResponse,
@@ -471,6 +473,7 @@ static const im_rpc_method_t auth_methods[] = {
     {login_cb, true},
     {verify_token_cb, false},
     {delete_cb, true},
+    {find_users_cb, true},
 };
 static const im_rpc_method_t group_methods[] = {
     {create_cb, true}, {join_cb, true}, {leave_cb, true}, {members_cb, true}, {mine_cb, true},

@@ -176,6 +176,7 @@
       typingSent: new Map(),
       outbox: (lsGet('im.outbox.' + session.userId) || []).filter((e) => e && e.cid),
       names: lsGet('im.names.' + session.userId) || {},
+      usernames: {},
       current: null,        // the open conversation's id
       ws: null,
       ready: false,
@@ -234,7 +235,39 @@
 
   function displayName(userId) {
     if (userId === S.userId) return 'you';
-    return S.names[userId] || 'user ' + userId;
+    if (S.names[userId]) return S.names[userId];
+    if (S.usernames[userId]) return S.usernames[userId];
+    wantName(userId);
+    return 'user ' + userId;
+  }
+
+  // Usernames of the ids on screen, asked for in batches (GET /users?ids=).
+  const nameQueue = new Set();
+  const nameAsked = new Set();
+  let nameTimer = null;
+
+  function wantName(id) {
+    if (!id || nameAsked.has(id)) return;
+    nameAsked.add(id);
+    nameQueue.add(id);
+    if (!nameTimer) nameTimer = setTimeout(fetchNames, 50);
+  }
+
+  async function fetchNames() {
+    nameTimer = null;
+    const ids = [...nameQueue].slice(0, 200);
+    ids.forEach((i) => nameQueue.delete(i));
+    if (!ids.length || !S) return;
+    const me = S;
+    try {
+      const r = await api('GET', '/users?ids=' + ids.join(','));
+      if (me !== S) return;
+      for (const u of r.users || []) S.usernames[String(u.id)] = u.username;
+      renderAll();
+    } catch (e) {
+      ids.forEach((i) => nameAsked.delete(i)); // names are cosmetic: ask again later
+    }
+    if (nameQueue.size && !nameTimer) nameTimer = setTimeout(fetchNames, 50);
   }
 
   function convTitle(c) {
@@ -449,10 +482,25 @@
     renderAll();
   }
 
-  el.newChatForm.addEventListener('submit', (ev) => {
+  // A username, or a user id (the number shown as "your id").
+  el.newChatForm.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const id = parseId(el.newChatId.value);
-    if (!id) return showBanner('A user id is a number, like the "your id" shown at the top.');
+    const text = el.newChatId.value.trim();
+    let id = parseId(text);
+    if (!id) {
+      if (!/^[A-Za-z0-9_.-]{3,32}$/.test(text)) {
+        return showBanner('Type a username, or a user id (a number).');
+      }
+      try {
+        const r = await api('GET', '/users?name=' + encodeURIComponent(text));
+        const u = (r.users || [])[0];
+        if (!u) return showBanner('There is no user named "' + text + '".');
+        id = String(u.id);
+        S.usernames[id] = u.username;
+      } catch (e) {
+        return showBanner(errorText(e.code, e.message));
+      }
+    }
     el.newChatId.value = '';
     openConv(directConv(S.userId, id));
     el.msgInput.focus();

@@ -207,6 +207,11 @@ async def deleted_account(sys_):
     """A deleted account cannot log in, open a session or send, even with a
     token issued before; the deletion asks for the password."""
     u, peer = sys_.signup("del"), sys_.signup("del")
+    status, body = sys_.api("GET", "/api/v1/users?name=" + u["name"].upper(), None, peer["token"])
+    eq((status, body["users"]), (200, [{"id": u["id"], "username": u["name"]}]), "find by name")
+    status, body = sys_.api("GET", "/api/v1/users?ids=%s,%s,1" % (u["id"], peer["id"]), None,
+                            peer["token"])
+    eq(sorted(x["id"] for x in body["users"]), sorted([u["id"], peer["id"]]), "find by ids")
     async with sys_.ws(0, u) as w:
         await ready(w)
         status, body = sys_.api("POST", "/api/v1/me/delete", {"password": "not-it-1"},
@@ -220,6 +225,8 @@ async def deleted_account(sys_):
     status, body = sys_.api("POST", "/api/v1/login", {"username": u["name"],
                                                       "password": "password1"})
     eq(status, 401, "login after delete")
+    status, body = sys_.api("GET", "/api/v1/users?name=" + u["name"], None, peer["token"])
+    eq((status, body["users"]), (200, []), "a deleted user is not found")
     async with sys_.ws(1, u) as w:
         try:
             f = await recv(w)

@@ -172,10 +172,12 @@ async function run(pa, pb, ctxA, ctxB, gwA, gwB) {
   await shot(pb, '01-bob-phone-empty');
 
   // ---------------------------------------------------------- direct chat
+  // Started by username (GET /api/v1/users?name=); the header names bob.
   const conv = directConv(aId, bId);
-  await pa.fill('#new-chat-id', bId);
+  await pa.fill('#new-chat-id', bob.toUpperCase());
   await pa.click('#new-chat-btn');
   await waitText(pa, '#chat-sub', new RegExp('user id ' + bId), 'direct chat header');
+  await waitText(pa, '#chat-title', new RegExp(bob), 'direct chat titled by username');
   await send(pa, 'hello bob');
   await waitAcked(pa, 'first direct message');
   await pb.waitForSelector(`#conv-list .conv[data-conv="${conv}"] .unread`, { timeout: WAIT });
@@ -225,8 +227,8 @@ async function run(pa, pb, ctxA, ctxB, gwA, gwB) {
   await waitBodies(pb, ['hello team'], 'bob gets the group message');
   await send(pb, 'hi team');
   await waitBodies(pa, ['hello team', 'hi team'], 'alice gets the group reply');
-  await waitText(pa, '#msg-list .msg:not(.own) .from', new RegExp('user ' + bId),
-    'sender shown in a group');
+  await waitText(pa, '#msg-list .msg:not(.own) .from', new RegExp(bob),
+    'sender shown by username in a group');
   await pa.waitForSelector('#msg-list .msg.own[data-state="read"]', { timeout: WAIT })
     .catch(() => { throw new Error('alice: group message never showed "read"'); });
   await shot(pa, '03-alice-desktop-group');
