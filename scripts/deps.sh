@@ -25,6 +25,8 @@ PACKAGES=(
     # the web client's browser test (tests/web): headless chromium driven from node; npm only
     # when there is none yet (NodeSource's nodejs bundles npm and conflicts with Debian's)
     chromium nodejs $(command -v npm >/dev/null 2>&1 || echo npm)
+    # tests/deploy: nginx -t and a WebSocket through the load balancer's config
+    nginx
     # ps, ss: used by infra.sh
     procps iproute2
 )
