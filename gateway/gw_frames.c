@@ -46,10 +46,7 @@ static void send_done(gw_service_t *svc, gw_call_t *c)
         im_jw_bool(&w, true);
     }
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) != NULL) {
-        gw_session_send(svc->gw, c->session_id, b);
-        im_buf_unref(b);
-    }
+    gw__buf_send(svc, c->session_id, b, &w);
 }
 
 /* ------------------------------------------------------------ sync */
@@ -90,10 +87,7 @@ static void sync_done(gw_service_t *svc, gw_call_t *c)
     im_jw_key(&w, "more");
     im_jw_bool(&w, r->more);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) != NULL) {
-        gw_session_send(svc->gw, c->session_id, b);
-        im_buf_unref(b);
-    }
+    gw__buf_send(svc, c->session_id, b, &w);
 }
 
 /* ------------------------------------------------------------ read, typing */
@@ -117,10 +111,7 @@ static void read_done(gw_service_t *svc, gw_call_t *c)
     im_jw_key(&w, "seq");
     im_jw_uint64(&w, r->read_seq);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) != NULL) {
-        gw_session_send(svc->gw, c->session_id, b);
-        im_buf_unref(b);
-    }
+    gw__buf_send(svc, c->session_id, b, &w);
 }
 
 /* Typing has no reply unless it is refused. */
@@ -150,10 +141,7 @@ static void history_done(gw_service_t *svc, gw_call_t *c)
     gw__jw_cid(&w, c);
     gw__jw_history(&w, r);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) != NULL) {
-        gw_session_send(svc->gw, c->session_id, b);
-        im_buf_unref(b);
-    }
+    gw__buf_send(svc, c->session_id, b, &w);
 }
 
 static void convs_done(gw_service_t *svc, gw_call_t *c)
@@ -174,10 +162,7 @@ static void convs_done(gw_service_t *svc, gw_call_t *c)
     gw__jw_cid(&w, c);
     gw__jw_conversations(&w, r);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) != NULL) {
-        gw_session_send(svc->gw, c->session_id, b);
-        im_buf_unref(b);
-    }
+    gw__buf_send(svc, c->session_id, b, &w);
 }
 
 /* ------------------------------------------------------------ requests */

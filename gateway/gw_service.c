@@ -158,10 +158,7 @@ void gw__reply_error(gw_service_t *svc, const gw_call_t *c)
     im_jw_cstr(&w, text);
     gw__jw_cid(&w, c);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) != NULL) {
-        gw_session_send(svc->gw, c->session_id, b);
-        im_buf_unref(b);
-    }
+    gw__buf_send(svc, c->session_id, b, &w);
 }
 
 /* ------------------------------------------------------------ JSON helpers */
@@ -189,6 +186,14 @@ im_buf_t *gw__buf_finish(im_buf_t *b, im_jw_t *w)
         return NULL;
     }
     return b;
+}
+
+void gw__buf_send(gw_service_t *svc, uint64_t session_id, im_buf_t *b, im_jw_t *w)
+{
+    if ((b = gw__buf_finish(b, w)) != NULL) {
+        gw_session_send(svc->gw, session_id, b);
+        im_buf_unref(b);
+    }
 }
 
 void gw__jw_id(im_jw_t *w, const char *key, uint64_t id)

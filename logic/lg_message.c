@@ -14,6 +14,7 @@
 #include "im_time.h"
 #include "im_utf8.h"
 #include "lg_auth.h"
+#include "lg_target.h"
 
 #define CONV_MAX 48
 #define KEY_MAX (32 + 20 + LG_CLIENT_MSG_ID_MAX)
@@ -77,8 +78,7 @@ struct lg_message_s {
     lg_session_t *sessions;
     im_redis_script_t claim;
     user_cache_t users; /* recipients known to exist */
-    im_mysql_stmt_t *user_exists;
-    im_mysql_stmt_t *group_member;
+    lg_target_t target;
     im_mysql_stmt_t *find_sent;
     im_mysql_stmt_t *newest;
 };
@@ -102,10 +102,6 @@ static const struct {
     size_t offset;
     const char *sql;
 } statements[] = {
-    {offsetof(lg_message_t, user_exists), "SELECT 1 FROM users WHERE id = ?"},
-    {offsetof(lg_message_t, group_member),
-     "SELECT EXISTS (SELECT 1 FROM group_members m WHERE m.group_id = g.id AND m.user_id = ?) "
-     "FROM `groups` g WHERE g.id = ?"},
     {offsetof(lg_message_t, newest), "SELECT COALESCE(MAX(id), 0) FROM messages"},
     {offsetof(lg_message_t, find_sent),
      "SELECT id, conv_id, seq, created_at_ms FROM messages "
@@ -152,6 +148,10 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
             return rc;
         }
     }
+    if (lg_target_init(&m->target, db) != IM_OK) {
+        lg_message_free(m);
+        return IM_EIO;
+    }
     *out = m;
     return IM_OK;
 }
@@ -181,6 +181,7 @@ void lg_message_free(lg_message_t *m)
         return;
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++)
         im_mysql_stmt_free(*(im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset));
+    lg_target_free(&m->target);
     im_free(m);
 }
 
@@ -238,32 +239,15 @@ static im_rpc_code_t conv_of(const Im__V1__SendRequest *req, char *conv)
 static im_rpc_code_t check_target(lg_message_t *m, const Im__V1__SendRequest *req, char *conv,
                                   char *msg, size_t msglen)
 {
-    im_mysql_stmt_t *st = req->to_user ? m->user_exists : m->group_member;
     uint64_t now = im_mono_ms();
-    im_err_t rc;
+    im_rpc_code_t code;
 
     if (req->to_user && user_cached(&m->users, req->to_user, now))
         return conv_of(req, conv);
-    if (req->to_user) {
-        im_mysql_bind_u64(st, 0, req->to_user);
-    } else {
-        im_mysql_bind_u64(st, 0, req->sender);
-        im_mysql_bind_u64(st, 1, req->to_group);
-    }
-    rc = im_mysql_stmt_exec(st);
-    if (rc == IM_OK)
-        rc = im_mysql_stmt_next(st);
-    if (rc == IM_ENOENT) {
-        snprintf(msg, msglen, "%s: no %s %" PRIu64, req->to_user ? "unknown_user" : "unknown_group",
-                 req->to_user ? "user" : "group", req->to_user ? req->to_user : req->to_group);
-        return IM_RPC_NOT_FOUND;
-    }
-    if (rc != IM_OK)
-        return lg__db_status(m->db, rc, "send: target", msg, msglen);
-    if (req->to_group && im_mysql_col_u64(st, 0) == 0) {
-        snprintf(msg, msglen, "not_member: you are not a member of group %" PRIu64, req->to_group);
-        return IM_RPC_PERMISSION_DENIED;
-    }
+    code = lg_target_check(&m->target, req->sender, req->to_user, req->to_group, "send: target",
+                           msg, msglen);
+    if (code != IM_RPC_OK)
+        return code;
     if (req->to_user)
         user_cache_put(&m->users, req->to_user, now);
     return conv_of(req, conv);

@@ -9,12 +9,12 @@
 #include "im_time.h"
 #include "lg_auth.h"
 #include "lg_sync.h"
+#include "lg_target.h"
 
 struct lg_notify_s {
     im_mysql_t *db;
     lg_message_shared_t *sh;
-    im_mysql_stmt_t *user_exists;
-    im_mysql_stmt_t *group_member;
+    lg_target_t target;
     im_mysql_stmt_t *peers;
     im_mysql_stmt_t *groups;
 };
@@ -23,10 +23,6 @@ static const struct {
     size_t offset;
     const char *sql;
 } statements[] = {
-    {offsetof(lg_notify_t, user_exists), "SELECT 1 FROM users WHERE id = ?"},
-    {offsetof(lg_notify_t, group_member),
-     "SELECT EXISTS (SELECT 1 FROM group_members m WHERE m.group_id = g.id AND m.user_id = ?) "
-     "FROM `groups` g WHERE g.id = ?"},
     {offsetof(lg_notify_t, peers),
      "SELECT conv_id FROM user_convs WHERE user_id = ? ORDER BY created_at_ms DESC LIMIT 200"},
     {offsetof(lg_notify_t, groups),
@@ -55,6 +51,10 @@ im_err_t lg_notify_new(im_mysql_t *db, lg_message_shared_t *sh, lg_notify_t **ou
             return rc;
         }
     }
+    if (lg_target_init(&n->target, db) != IM_OK) {
+        lg_notify_free(n);
+        return IM_EIO;
+    }
     *out = n;
     return IM_OK;
 }
@@ -65,6 +65,7 @@ void lg_notify_free(lg_notify_t *n)
         return;
     for (size_t i = 0; i < N_STATEMENTS; i++)
         im_mysql_stmt_free(*stmt_at(n, i));
+    lg_target_free(&n->target);
     im_free(n);
 }
 
@@ -107,34 +108,12 @@ static void to_group(lg_message_shared_t *sh, uint64_t group, Im__V1__Delivery *
 static im_rpc_code_t check_target(lg_notify_t *n, const Im__V1__TypingRequest *req, char *msg,
                                   size_t msglen)
 {
-    im_mysql_stmt_t *st = req->to_user ? n->user_exists : n->group_member;
-    im_err_t rc;
-
     if (req->user_id == 0 || (req->to_user != 0) == (req->to_group != 0)) {
         snprintf(msg, msglen, "bad_target: user_id and exactly one of to_user, to_group");
         return IM_RPC_INVALID_ARGUMENT;
     }
-    if (req->to_user) {
-        im_mysql_bind_u64(st, 0, req->to_user);
-    } else {
-        im_mysql_bind_u64(st, 0, req->user_id);
-        im_mysql_bind_u64(st, 1, req->to_group);
-    }
-    rc = im_mysql_stmt_exec(st);
-    if (rc == IM_OK)
-        rc = im_mysql_stmt_next(st);
-    if (rc == IM_ENOENT) {
-        snprintf(msg, msglen, "%s: no such %s", req->to_user ? "unknown_user" : "unknown_group",
-                 req->to_user ? "user" : "group");
-        return IM_RPC_NOT_FOUND;
-    }
-    if (rc != IM_OK)
-        return lg__db_status(n->db, rc, "typing", msg, msglen);
-    if (req->to_group && im_mysql_col_u64(st, 0) == 0) {
-        snprintf(msg, msglen, "not_member: you are not a member of group %" PRIu64, req->to_group);
-        return IM_RPC_PERMISSION_DENIED;
-    }
-    return IM_RPC_OK;
+    return lg_target_check(&n->target, req->user_id, req->to_user, req->to_group, "typing", msg,
+                           msglen);
 }
 
 im_rpc_code_t lg_notify_typing(lg_notify_t *n, lg_session_t *sessions,

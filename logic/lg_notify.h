@@ -30,6 +30,7 @@
 #include "im_rpc.h"
 #include "lg_message.h"
 #include "lg_session.h"
+#include "lg_target.h"
 
 #define LG_PRESENCE_PEERS_MAX 200
 #define LG_PRESENCE_GROUPS_MAX 200

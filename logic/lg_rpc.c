@@ -225,8 +225,41 @@ DB_HANDLER(sync, sync, lg_sync_sync, Im__V1__SyncRequest, Im__V1__SyncResponse,
            IM__V1__SYNC_RESPONSE__INIT)
 DB_HANDLER(history, sync, lg_sync_history, Im__V1__HistoryRequest, Im__V1__HistoryResponse,
            IM__V1__HISTORY_RESPONSE__INIT)
-DB_HANDLER(conversations, sync, lg_sync_conversations, Im__V1__ConversationsRequest,
-           Im__V1__ConversationsResponse, IM__V1__CONVERSATIONS_RESPONSE__INIT)
+/* Conversations, with whether each direct peer is online now (its routes in
+ * Redis; skipped when Redis is away), for clients that connect after the
+ * peer did and so never got its presence notice.  The first PEERS_ONLINE_MAX
+ * direct conversations are looked up. */
+#define PEERS_ONLINE_MAX 100
+
+static void conversations_cb(im_rpc_call_t *call, void *arg)
+{
+    lg_rpc_t *r = arg;
+    Im__V1__ConversationsResponse resp = IM__V1__CONVERSATIONS_RESPONSE__INIT;
+    char msg[256];
+    session_t *s = session_take(r);
+    im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));
+
+    if (code == IM_RPC_OK)
+        code = lg_sync_conversations(
+            s->sync, (const Im__V1__ConversationsRequest *)im_rpc_call_request(call), &resp, msg,
+            sizeof(msg));
+    if (code == IM_RPC_OK && ready_redis(r, s) == IM_OK) {
+        for (size_t i = 0, asked = 0; i < resp.n_conversations && asked < PEERS_ONLINE_MAX; i++) {
+            Im__V1__Conversation *c = resp.conversations[i];
+            lg_route_t routes[LG_ROUTES_MAX];
+            size_t n = 0;
+
+            if (c->peer == 0)
+                continue;
+            asked++;
+            if (lg_session_routes(s->routes, &c->peer, 1, routes, &n) != IM_OK)
+                break;
+            c->peer_online = n > 0;
+        }
+    }
+    complete(call, code, &resp.base, msg);
+    session_give(r, s);
+}
 REDIS_HANDLER(heartbeat, lg_session_heartbeat, Im__V1__SessionResponse,
               IM__V1__SESSION_RESPONSE__INIT)
 
@@ -399,44 +432,30 @@ static void offline_cb(im_rpc_call_t *call, void *arg)
     session_change(call, arg, false);
 }
 
-/* Typing needs the database (may the user write there?) and routes. */
-static void typing_cb(im_rpc_call_t *call, void *arg)
-{
-    lg_rpc_t *r = arg;
-    Im__V1__TypingResponse resp = IM__V1__TYPING_RESPONSE__INIT;
-    char msg[256];
-    session_t *s = session_take(r);
-    im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));
-
-    if (code == IM_RPC_OK) {
-        lg_session_t *routes = ready_redis(r, s) == IM_OK ? s->routes : NULL;
-        code = lg_notify_typing(s->notify, routes,
-                                (const Im__V1__TypingRequest *)im_rpc_call_request(call), &resp,
-                                msg, sizeof(msg));
+/* A handler that needs the database and uses routes when Redis is there:
+ * fn(s->obj, routes or NULL, request, &response).  Typing (may the user
+ * write there? then tell the target) and MarkRead (the mark needs only the
+ * database; the receipt of a direct conversation is routed through Redis). */
+#define DB_ROUTES_HANDLER(name, obj, fn, ReqT, RespT, ...)                                         \
+    static void name##_cb(im_rpc_call_t *call, void *arg)                                          \
+    {                                                                                              \
+        lg_rpc_t *r = arg;                                                                         \
+        RespT resp = __VA_ARGS__;                                                                  \
+        char msg[256];                                                                             \
+        session_t *s = session_take(r);                                                            \
+        im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));                       \
+                                                                                                   \
+        if (code == IM_RPC_OK)                                                                     \
+            code = fn(s->obj, ready_redis(r, s) == IM_OK ? s->routes : NULL,                       \
+                      (const ReqT *)im_rpc_call_request(call), &resp, msg, sizeof(msg));           \
+        complete(call, code, &resp.base, msg);                                                     \
+        session_give(r, s);                                                                        \
     }
-    complete(call, code, &resp.base, msg);
-    session_give(r, s);
-}
 
-/* The receipt of a direct conversation is routed through Redis when it is
- * there; the mark itself needs only the database. */
-static void mark_read_cb(im_rpc_call_t *call, void *arg)
-{
-    lg_rpc_t *r = arg;
-    Im__V1__MarkReadResponse resp = IM__V1__MARK_READ_RESPONSE__INIT;
-    char msg[256];
-    session_t *s = session_take(r);
-    im_rpc_code_t code = session_ready(r, s, NEED_DB, msg, sizeof(msg));
-
-    if (code == IM_RPC_OK) {
-        lg_session_t *routes = ready_redis(r, s) == IM_OK ? s->routes : NULL;
-        code = lg_sync_mark_read(s->sync, routes,
-                                 (const Im__V1__MarkReadRequest *)im_rpc_call_request(call), &resp,
-                                 msg, sizeof(msg));
-    }
-    complete(call, code, &resp.base, msg);
-    session_give(r, s);
-}
+DB_ROUTES_HANDLER(typing, notify, lg_notify_typing, Im__V1__TypingRequest, Im__V1__TypingResponse,
+                  IM__V1__TYPING_RESPONSE__INIT)
+DB_ROUTES_HANDLER(mark_read, sync, lg_sync_mark_read, Im__V1__MarkReadRequest,
+                  Im__V1__MarkReadResponse, IM__V1__MARK_READ_RESPONSE__INIT)
 
 /* Send completes its call itself: now on a refusal, later on the confirm. */
 static void send_cb(im_rpc_call_t *call, void *arg)
