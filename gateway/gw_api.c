@@ -91,6 +91,10 @@ void gw__jw_conversations(im_jw_t *w, const Im__V1__ConversationsResponse *r)
         im_jw_uint64(w, c->unread);
         im_jw_key(w, "peer_read_seq");
         im_jw_uint64(w, c->peer_read_seq);
+        if (c->peer != 0) {
+            im_jw_key(w, "peer_online");
+            im_jw_bool(w, c->peer_online);
+        }
         im_jw_key(w, "last_ts");
         im_jw_int64(w, c->last_at_ms);
         im_jw_obj_end(w);

@@ -461,6 +461,8 @@
     c.readAcked = Math.max(c.readAcked, Number(x.read_seq) || 0);
     c.readSent = Math.max(c.readSent, c.readAcked);
     c.lastTs = Math.max(c.lastTs, Number(x.last_ts) || 0);
+    // Who is online now; presence frames keep it current from here on.
+    if (c.peer && typeof x.peer_online === 'boolean') S.presence.set(c.peer, x.peer_online);
     if (x.conv === S.current && document.visibilityState === 'visible') c.unread = 0;
   }
 

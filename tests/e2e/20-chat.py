@@ -58,6 +58,17 @@ async def direct_and_multi_device(sys_):
         await b.send(json.dumps({"type": "typing", "to": {"user": alice["id"]}}))
         t = await recv_type(a2, "typing")
         eq(t["user"], bob["id"], "typing")
+        # Who is online now, for a client that connected after the peer did.
+        status, body = sys_.api("GET", "/api/v1/conversations", None, alice["token"])
+        conv = [c for c in body["conversations"] if c["conv"] == ack["conv"]][0]
+        eq((status, conv["peer"], conv["peer_online"]), (200, bob["id"], True), "peer online")
+    for _ in range(50):  # bob's Offline is asynchronous
+        status, body = sys_.api("GET", "/api/v1/conversations", None, alice["token"])
+        conv = [c for c in body["conversations"] if c["conv"] == ack["conv"]][0]
+        if not conv["peer_online"]:
+            break
+        await asyncio.sleep(0.1)
+    eq(conv["peer_online"], False, "peer offline after it left")
 
 
 async def group_chat(sys_):
