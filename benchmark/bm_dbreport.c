@@ -93,25 +93,13 @@ static double now_s(void)
  * what is already set, so explicit environment variables and flags still win. */
 static int load_state_env(const char *dir)
 {
-    char path[4096], line[1024];
-    FILE *f;
+    char path[4096];
 
     snprintf(path, sizeof(path), "%s/env", dir);
-    f = fopen(path, "r");
-    if (f == NULL) {
+    if (im_cfg_load_env_file(path) != IM_OK) {
         fprintf(stderr, "dbreport: cannot open %s: is the infra up? (scripts/infra.sh up)\n", path);
         return -1;
     }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        char *eq = strchr(line, '=');
-
-        line[strcspn(line, "\r\n")] = '\0';
-        if (line[0] == '#' || eq == NULL || eq == line)
-            continue;
-        *eq = '\0';
-        setenv(line, eq + 1, 0);
-    }
-    fclose(f);
     return 0;
 }
 

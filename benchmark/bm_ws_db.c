@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "bm_ws.h"
+#include "im_config.h"
 #include "im_alloc.h"
 #include "im_id.h"
 #include "im_json.h"
@@ -115,21 +116,10 @@ int bm__db_report(void)
 /* KEY=VALUE lines of <state>/env into the environment, not overriding it. */
 static void load_state_env(void)
 {
-    char path[4096], line[1024];
-    FILE *f;
+    char path[4096];
 
     snprintf(path, sizeof(path), "%s/env", B.cfg.state_dir);
-    if ((f = fopen(path, "r")) == NULL)
-        return;
-    while (fgets(line, sizeof(line), f) != NULL) {
-        char *eq = strchr(line, '=');
-        line[strcspn(line, "\r\n")] = '\0';
-        if (line[0] == '#' || eq == NULL || eq == line)
-            continue;
-        *eq = '\0';
-        setenv(line, eq + 1, 0);
-    }
-    fclose(f);
+    im_cfg_load_env_file(path);
 }
 
 static const char *env_or(const char *name, const char *def)

@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -329,4 +330,24 @@ void im_cfg_usage(const im_cfg_spec_t *spec, FILE *out)
         fputc('\n', out);
     }
     fprintf(out, "  %-28s          show this help\n", "-h, --help");
+}
+
+im_err_t im_cfg_load_env_file(const char *path)
+{
+    char line[1024];
+    FILE *f = fopen(path, "r");
+
+    if (f == NULL)
+        return IM_ENOENT;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char *eq = strchr(line, '=');
+
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '#' || eq == NULL || eq == line)
+            continue;
+        *eq = '\0';
+        setenv(line, eq + 1, 0);
+    }
+    fclose(f);
+    return IM_OK;
 }

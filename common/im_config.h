@@ -74,4 +74,11 @@ im_err_t im_cfg_parse_bool(const char *s, int *out);
 im_err_t im_cfg_parse_duration(const char *s, int64_t *out_ms);
 im_err_t im_cfg_parse_size(const char *s, int64_t *out_bytes);
 
+/* Loads the KEY=VALUE lines of an env file (scripts/infra.sh writes
+ * $IM_STATE_DIR/env) into the environment without overwriting variables that
+ * are already set, so the real environment and flags still win.  Blank
+ * lines and # comments are skipped.  IM_ENOENT when the file cannot be
+ * opened. */
+im_err_t im_cfg_load_env_file(const char *path);
+
 #endif

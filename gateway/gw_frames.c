@@ -63,15 +63,7 @@ static void sync_done(gw_service_t *svc, gw_call_t *c)
         return;
     }
     for (size_t i = 0; i < r->n_messages; i++) {
-        const Im__V1__ChatMessage *m = r->messages[i];
-        if ((b = gw__buf_begin(svc, 512 + strlen(m->body) * 6, &w)) == NULL)
-            return;
-        im_jw_obj_begin(&w);
-        im_jw_key(&w, "type");
-        im_jw_cstr(&w, "msg");
-        gw__jw_msg_fields(&w, m);
-        im_jw_obj_end(&w);
-        if ((b = gw__buf_finish(b, &w)) == NULL)
+        if ((b = gw__msg_frame(svc, r->messages[i])) == NULL)
             return;
         gw_session_send(svc->gw, c->session_id, b);
         im_buf_unref(b);

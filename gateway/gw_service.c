@@ -196,6 +196,21 @@ void gw__buf_send(gw_service_t *svc, uint64_t session_id, im_buf_t *b, im_jw_t *
     }
 }
 
+im_buf_t *gw__msg_frame(gw_service_t *svc, const Im__V1__ChatMessage *m)
+{
+    im_jw_t w;
+    im_buf_t *b = gw__buf_begin(svc, 512 + (m->body ? strlen(m->body) : 0) * 6, &w);
+
+    if (b == NULL)
+        return NULL;
+    im_jw_obj_begin(&w);
+    im_jw_key(&w, "type");
+    im_jw_cstr(&w, "msg");
+    gw__jw_msg_fields(&w, m);
+    im_jw_obj_end(&w);
+    return gw__buf_finish(b, &w);
+}
+
 void gw__jw_id(im_jw_t *w, const char *key, uint64_t id)
 {
     char s[24];
@@ -503,18 +518,9 @@ static void fan_out(gw_service_t *svc, const Im__V1__Delivery *d, uint64_t group
 static void deliver_message(gw_service_t *svc, const Im__V1__Delivery *d)
 {
     const Im__V1__ChatMessage *m = d->message;
-    size_t body = m->body ? strlen(m->body) : 0;
-    im_jw_t w;
-    im_buf_t *b = gw__buf_begin(svc, 512 + body * 6, &w);
+    im_buf_t *b = gw__msg_frame(svc, m);
 
     if (b == NULL)
-        return;
-    im_jw_obj_begin(&w);
-    im_jw_key(&w, "type");
-    im_jw_cstr(&w, "msg");
-    gw__jw_msg_fields(&w, m);
-    im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) == NULL)
         return;
     fan_out(svc, d, m->to_group, b, local_origin(svc, d->origin_session), 0);
     im_buf_unref(b);

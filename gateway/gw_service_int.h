@@ -113,6 +113,9 @@ im_buf_t *gw__buf_finish(im_buf_t *b, im_jw_t *w);
 /* gw__buf_finish, then queues the frame to the session and drops our ref. */
 void gw__buf_send(gw_service_t *svc, uint64_t session_id, im_buf_t *b, im_jw_t *w);
 
+/* A {"type":"msg",...} frame of m (NULL when the pool is empty). */
+im_buf_t *gw__msg_frame(gw_service_t *svc, const Im__V1__ChatMessage *m);
+
 /* JSON pieces. */
 void gw__jw_id(im_jw_t *w, const char *key, uint64_t id);
 void gw__jw_msg_fields(im_jw_t *w, const Im__V1__ChatMessage *m);

@@ -21,22 +21,15 @@
 #include "im_test.h"
 #include "im_time.h"
 #include "it_env.h"
+#include "it_logic.h"
 
-#define SECRET "it08-secret-0123456789abcdef-0123456789"
+#define SECRET IT_LOGIC_SECRET
 #define TIMEOUT_MS 10000
 
 static const char *logic_bin;
-static char log_path[64];
-static pid_t logic_pid;
-static im_rpc_client_t *client;
-static char target[64];
+static char log_path[64]; /* of the run without a secret */
+static it_logic_t lg = {.tag = "it08"};
 static unsigned serial;
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 /* Runs the logic binary with args (NULL-terminated), its stderr to log_path. */
 static pid_t spawn_logic(char *const *args)
@@ -57,42 +50,6 @@ static pid_t spawn_logic(char *const *args)
     return pid;
 }
 
-/* Waits up to 20 s for the "grpc listening" line; 0 if it never comes. */
-static unsigned wait_for_port(void)
-{
-    static const char key[] = "logic: grpc listening on 127.0.0.1:";
-    char line[1024];
-
-    for (int i = 0; i < 2000; i++) {
-        FILE *f = fopen(log_path, "r");
-
-        while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-            char *p = strstr(line, key);
-            if (p != NULL) {
-                fclose(f);
-                return (unsigned)strtoul(p + sizeof(key) - 1, NULL, 10);
-            }
-        }
-        if (f != NULL)
-            fclose(f);
-        sleep_ms(10);
-    }
-    return 0;
-}
-
-/* SIGTERM and wait: true if it exited 0 (under ASan, also: without leaks). */
-static bool stop_logic(void)
-{
-    int status = -1;
-
-    if (logic_pid > 0) {
-        kill(logic_pid, SIGTERM);
-        waitpid(logic_pid, &status, 0);
-        logic_pid = 0;
-    }
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 /* A fresh valid username. */
 static void username(char *buf, size_t len, const char *tag)
 {
@@ -103,7 +60,7 @@ static im_rpc_code_t call(const ProtobufCServiceDescriptor *sd, unsigned method,
                           const ProtobufCMessage *req, ProtobufCMessage **resp, char *msg,
                           size_t msglen)
 {
-    return im_rpc_call_sync(client, sd, method, req, TIMEOUT_MS, NULL, 0, resp, msg, msglen);
+    return im_rpc_call_sync(lg.client, sd, method, req, TIMEOUT_MS, NULL, 0, resp, msg, msglen);
 }
 
 /* Method numbers, in proto/im.proto order. */
@@ -320,12 +277,12 @@ TEST(parallel_signups_all_succeed_with_distinct_ids)
         username(names[i], sizeof(names[i]), "par");
         req.username = names[i];
         req.password = "password1";
-        ASSERT_EQ(im_rpc_call(client, &im__v1__auth__descriptor, SIGNUP, &req.base, TIMEOUT_MS,
+        ASSERT_EQ(im_rpc_call(lg.client, &im__v1__auth__descriptor, SIGNUP, &req.base, TIMEOUT_MS,
                               NULL, 0, parallel_done_cb, (void *)i),
                   IM_OK);
     }
     while (done_calls < PARALLEL && im_mono_ms() - t0 < TIMEOUT_MS + 1000)
-        sleep_ms(5);
+        it_sleep_ms(5);
     ASSERT_EQ(done_calls, PARALLEL);
     ASSERT_EQ(ok_calls, PARALLEL);
     for (size_t i = 0; i < PARALLEL; i++)
@@ -446,34 +403,30 @@ TEST(login_brute_force_is_limited_per_username)
     protobuf_c_message_free_unpacked(&lr->base, NULL);
 }
 
+static void cleanup(void)
+{
+    it_logic_kill(&lg);
+}
+
 int main(int argc, char **argv)
 {
-    char *args[] = {NULL,           "--grpc-listen", "127.0.0.1:0",     "--jwt-secret",
-                    SECRET,         "--password-cost", "min",           "--token-ttl",
-                    "1h",           NULL};
-    unsigned port;
+    static const char *const extra[] = {"--token-ttl", "1h", NULL};
     int rc;
 
     if (argc < 2) {
         fprintf(stderr, "usage: %s <logic binary>\n", argv[0]);
         return 2;
     }
-    logic_bin = argv[1];
-    args[0] = argv[1];
+    logic_bin = lg.bin = argv[1];
     if (it_env_load() != IM_OK)
         return 1;
-    snprintf(log_path, sizeof(log_path), "/tmp/it08-logic.%d.log", (int)getpid());
+    atexit(cleanup);
+    snprintf(log_path, sizeof(log_path), "/tmp/it08-nosecret.%d.log", (int)getpid());
     RUN(no_secret_without_dev_refuses_to_start);
+    unlink(log_path);
 
-    logic_pid = spawn_logic(args);
-    port = wait_for_port();
-    if (port == 0) {
-        fprintf(stderr, "logic did not report its port; its log is %s\n", log_path);
-        stop_logic();
+    if (!it_logic_start(&lg, extra))
         return 1;
-    }
-    snprintf(target, sizeof(target), "127.0.0.1:%u", port);
-    client = im_rpc_client_new(target);
     RUN(signup_validates_and_rejects_duplicates);
     RUN(login_issues_a_token_that_verifies);
     RUN(expired_token_is_rejected_as_expired);
@@ -482,15 +435,14 @@ int main(int argc, char **argv)
     RUN(usernames_ignore_case_and_tokens_carry_the_stored_spelling);
     RUN(parallel_signups_all_succeed_with_distinct_ids);
     RUN(login_brute_force_is_limited_per_username);
-    im_rpc_client_free(client);
-    if (!stop_logic()) {
+    if (!it_logic_stop(&lg)) {
         fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
         return 1;
     }
     rc = im_test_done();
     if (rc == 0)
-        unlink(log_path);
+        unlink(lg.log_path);
     else
-        fprintf(stderr, "logic's log: %s\n", log_path);
+        fprintf(stderr, "logic's log: %s\n", lg.log_path);
     return rc;
 }
