@@ -21,6 +21,8 @@ typedef struct req_s {
     uint64_t deadline_ms; /* mono; must be published by then */
     lg_publish_done_cb done;
     void *arg;
+    bool settled;    /* the broker answered: result, reported in publish order */
+    im_err_t result;
 } req_t;
 
 typedef struct {
@@ -48,7 +50,8 @@ struct lg_publisher_s {
     im_amqp_publisher_t *pub;
     req_list_t ready;   /* taken from `submitted`, not yet published */
     req_t **inflight;   /* [window], by seqno % window: published, unconfirmed */
-    unsigned ninflight;
+    req_list_t flying;  /* published and not reported yet, in publish order */
+    unsigned ninflight; /* in `flying` */
 };
 
 static void list_push(req_list_t *l, req_t *r)
@@ -166,7 +169,11 @@ im_err_t lg_publisher_submit(lg_publisher_t *p, const char *exchange, const char
     return IM_OK;
 }
 
-/* The adapter's per-seqno outcome: hand it to the submitter. */
+/* The adapter's per-seqno outcome.  The broker may answer out of order (a
+ * large persistent message goes to its message store, a small one into the
+ * queue index, and they reach disk at different times): submitters hear in
+ * publish order, so one whose callback publishes follow-ups (Send's
+ * deliveries) sends them in the order it published. */
 static void on_confirm(uint64_t seqno, im_err_t result, void *arg)
 {
     lg_publisher_t *p = arg;
@@ -176,10 +183,14 @@ static void on_confirm(uint64_t seqno, im_err_t result, void *arg)
     if (r == NULL)
         return; /* reported already (cannot happen: the adapter reports once) */
     *slot = NULL;
-    p->ninflight--;
-    finish(p, r, result);
+    r->settled = true;
+    r->result = result;
+    while ((r = p->flying.head) != NULL && r->settled) {
+        list_pop(&p->flying);
+        p->ninflight--;
+        finish(p, r, r->result);
+    }
 }
-
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -299,6 +310,7 @@ static bool publish_ready(lg_publisher_t *p)
             continue;
         }
         p->inflight[seqno % p->window] = r;
+        list_push(&p->flying, r);
         p->ninflight++;
     }
     return true;
@@ -314,12 +326,10 @@ static void fail_all_held(lg_publisher_t *p)
     pthread_mutex_unlock(&p->lock);
     while ((r = list_pop(&p->ready)) != NULL)
         finish(p, r, IM_ECLOSED);
-    for (unsigned i = 0; i < p->window; i++) {
-        if ((r = p->inflight[i]) != NULL) {
-            p->inflight[i] = NULL;
-            finish(p, r, IM_ECLOSED);
-        }
-    }
+    for (unsigned i = 0; i < p->window; i++)
+        p->inflight[i] = NULL;
+    while ((r = list_pop(&p->flying)) != NULL)
+        finish(p, r, r->settled ? r->result : IM_ECLOSED);
     p->ninflight = 0;
 }
 
