@@ -413,8 +413,8 @@ static im_err_t load_script(im_redis_t *r, im_redis_script_t *s)
 im_err_t im_redis_eval(im_redis_t *r, im_redis_script_t *script, int nkeys, int argc,
                        const char *const *args, const size_t *lens, im_redis_reply_t **out)
 {
-    const char *argv[IM_REDIS_EVAL_MAX_ARGS + 3];
-    size_t argl[IM_REDIS_EVAL_MAX_ARGS + 3];
+    const char *argv_stack[IM_REDIS_EVAL_STACK_ARGS + 3], **argv = argv_stack;
+    size_t argl_stack[IM_REDIS_EVAL_STACK_ARGS + 3], *argl = argl_stack;
     char nkeys_str[16];
     im_err_t err;
     int i;
@@ -425,6 +425,10 @@ im_err_t im_redis_eval(im_redis_t *r, im_redis_script_t *script, int nkeys, int 
         return IM_EINVAL;
     if (script->sha1[0] == '\0' && (err = load_script(r, script)) != IM_OK)
         return err;
+    if (argc > IM_REDIS_EVAL_STACK_ARGS) {
+        argv = im_malloc(((size_t)argc + 3) * sizeof(*argv));
+        argl = im_malloc(((size_t)argc + 3) * sizeof(*argl));
+    }
     snprintf(nkeys_str, sizeof(nkeys_str), "%d", nkeys);
     argv[0] = "EVALSHA";
     argv[1] = script->sha1;
@@ -436,13 +440,18 @@ im_err_t im_redis_eval(im_redis_t *r, im_redis_script_t *script, int nkeys, int 
         argl[i + 3] = lens != NULL ? lens[i] : strlen(args[i]);
     }
     err = im_redis_command_argv(r, out, argc + 3, argv, argl);
-    if (err != IM_ENOENT || strncmp(r->err, "NOSCRIPT", 8) != 0)
-        return err;
-    /* The server lost its script cache (restart, SCRIPT FLUSH): EVAL both runs
-     * the script and caches it under the same SHA for the next EVALSHA. */
-    argv[0] = "EVAL";
-    argv[1] = script->body;
-    argl[0] = strlen(argv[0]);
-    argl[1] = strlen(argv[1]);
-    return im_redis_command_argv(r, out, argc + 3, argv, argl);
+    if (err == IM_ENOENT && strncmp(r->err, "NOSCRIPT", 8) == 0) {
+        /* The server lost its script cache (restart, SCRIPT FLUSH): EVAL both
+         * runs the script and caches it under the same SHA for the next EVALSHA. */
+        argv[0] = "EVAL";
+        argv[1] = script->body;
+        argl[0] = strlen(argv[0]);
+        argl[1] = strlen(argv[1]);
+        err = im_redis_command_argv(r, out, argc + 3, argv, argl);
+    }
+    if (argv != argv_stack) {
+        im_free(argv);
+        im_free(argl);
+    }
+    return err;
 }

@@ -162,8 +162,10 @@ typedef struct {
 
 #define IM_REDIS_SCRIPT_INIT(source) {(source), ""}
 
+/* Keys + arguments up to this many are passed without a heap allocation. */
+#define IM_REDIS_EVAL_STACK_ARGS 16
 /* The most keys + arguments one im_redis_eval() passes. */
-#define IM_REDIS_EVAL_MAX_ARGS 16
+#define IM_REDIS_EVAL_MAX_ARGS 65536
 
 /* Runs the script with args[0..nkeys) as KEYS and args[nkeys..argc) as ARGV
  * (lens as in im_redis_command_argv()).  The first run loads it with SCRIPT LOAD;

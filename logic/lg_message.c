@@ -45,22 +45,29 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
     c->until_ms[i] = now + USER_CACHE_MS;
 }
 
-/* Claims KEYS[1] ("pending", NX, ARGV[1] ms).  KEYS[2] holds
- * "<run_id> <check_until_ms>": until then, claims must also be checked
- * against the table, because this server (ARGV[2] is its run_id) may have
- * lost records.  Returns {1, check_until} when claimed, {1, ""} when claimed
- * but KEYS[2] is missing or from another run (the caller computes and sets
- * it), {0, current value} when not claimed, {2, ""} when the sender's
- * account is deleted (KEYS[3] exists). */
+/* Claims the dedup keys of a batch of sends.  KEYS[1] holds "<run_id>
+ * <check_until_ms>": until then, claims must also be checked against the
+ * table, because this server (ARGV[2] is its run_id) may have lost records.
+ * Then, per send, KEYS[2i] its dedup key (claimed "pending", NX, ARGV[1] ms)
+ * and KEYS[2i+1] its sender's deleted mark.  Returns {check_until or "" when
+ * KEYS[1] is missing or from another run (the caller computes and sets it),
+ * then per send: 1, "" when claimed; 0, the key's value when not; 2, "" when
+ * the sender's account is deleted}. */
 static const char claim_lua[] =
-    "if redis.call('EXISTS', KEYS[3]) == 1 then return {2, ''} end\n" /* sender deleted */
-    "if not redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then\n"
-    "  return {0, redis.call('GET', KEYS[1]) or ''}\n"
-    "end\n"
-    "local v = redis.call('GET', KEYS[2]) or ''\n"
+    "local v = redis.call('GET', KEYS[1]) or ''\n"
     "local rid, untl = string.match(v, '^(%S+) (%d+)$')\n"
-    "if rid ~= ARGV[2] then return {1, ''} end\n"
-    "return {1, untl}\n";
+    "local out = {''}\n"
+    "if rid == ARGV[2] then out[1] = untl end\n"
+    "for i = 2, #KEYS, 2 do\n"
+    "  if redis.call('EXISTS', KEYS[i + 1]) == 1 then\n"
+    "    out[#out + 1] = 2; out[#out + 1] = ''\n"
+    "  elseif redis.call('SET', KEYS[i], 'pending', 'NX', 'PX', ARGV[1]) then\n"
+    "    out[#out + 1] = 1; out[#out + 1] = ''\n"
+    "  else\n"
+    "    out[#out + 1] = 0; out[#out + 1] = redis.call('GET', KEYS[i]) or ''\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 struct lg_message_shared_s {
     lg_message_config_t cfg;
@@ -82,21 +89,6 @@ struct lg_message_s {
     im_mysql_stmt_t *find_sent;
     im_mysql_stmt_t *newest;
 };
-
-/* One accepted message waiting for its confirm; freed by the callback. */
-typedef struct {
-    lg_message_shared_t *sh;
-    im_rpc_call_t *call;
-    Im__V1__ChatMessage msg;
-    char conv[CONV_MAX + 1];
-    char key[KEY_MAX];
-    char *body;
-    char *client_msg_id;
-    char *origin_session;
-    uint64_t start_us;
-    lg_route_t routes[LG_ROUTES_MAX]; /* direct messages: where to deliver */
-    size_t n_routes;
-} pending_t;
 
 static const struct {
     size_t offset;
@@ -253,23 +245,94 @@ static im_rpc_code_t check_target(lg_message_t *m, const Im__V1__SendRequest *re
     return conv_of(req, conv);
 }
 
-/* ------------------------------------------------------------ dedup */
 
-static void reply_duplicate(im_rpc_call_t *call, uint64_t id, const char *conv, uint64_t seq,
-                            int64_t ts)
+/* ------------------------------------------------------------ a call's sends */
+
+/* One send of a call, from admission to its answer. */
+typedef struct {
+    const Im__V1__SendRequest *req; /* the call's: valid until the call is completed */
+    im_rpc_code_t code;             /* IM_RPC_OK: accepted, or answered as a duplicate */
+    char *error;                    /* the refusal's status message */
+    bool go;                        /* its dedup key is claimed: to be published */
+    bool dup;                       /* a retry of an accepted send: resp is the original */
+    Im__V1__SendResponse resp;
+    Im__V1__ChatMessage msg;
+    char conv[CONV_MAX + 1];
+    char key[KEY_MAX];
+    lg_route_t *routes; /* a direct message to publish: where to deliver it */
+    size_t n_routes;
+} item_t;
+
+/* The sends of one call (Send: one; SendBatch: its list), freed once it is
+ * answered: now, when none is to be published, else from the confirm. */
+typedef struct {
+    lg_message_shared_t *sh;
+    im_rpc_call_t *call;
+    bool many; /* SendBatch */
+    uint64_t start_us;
+    size_t n, n_go;
+    item_t *items;
+} batch_t;
+
+static void refuse(lg_message_shared_t *sh, item_t *it, im_rpc_code_t code, const char *error)
 {
-    Im__V1__SendResponse resp = IM__V1__SEND_RESPONSE__INIT;
-
-    resp.id = id;
-    resp.conv = (char *)conv;
-    resp.seq = seq;
-    resp.created_at_ms = ts;
-    resp.duplicate = true;
-    im_rpc_reply(call, &resp.base);
+    it->code = code;
+    im_free(it->error);
+    it->error = im_strdup(error);
+    it->go = false;
+    atomic_fetch_add(&sh->refused, 1);
 }
 
-/* Answers from a "<id> <conv> <seq> <ts>" record.  False if it does not parse. */
-static bool reply_from_record(im_rpc_call_t *call, const char *rec)
+static void batch_free(batch_t *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        im_free(b->items[i].error);
+        im_free(b->items[i].routes);
+    }
+    im_free(b->items);
+    im_free(b);
+}
+
+/* Completes the call with every send's outcome, and frees b. */
+static void answer(batch_t *b)
+{
+    if (!b->many) {
+        item_t *it = &b->items[0];
+
+        if (it->code != IM_RPC_OK)
+            im_rpc_fail(b->call, it->code, it->error);
+        else
+            im_rpc_reply(b->call, &it->resp.base);
+    } else {
+        Im__V1__SendBatchResponse resp = IM__V1__SEND_BATCH_RESPONSE__INIT;
+        Im__V1__SendResult *res = im_calloc(b->n ? b->n : 1, sizeof(*res));
+        Im__V1__SendResult **ptrs = im_calloc(b->n ? b->n : 1, sizeof(*ptrs));
+
+        for (size_t i = 0; i < b->n; i++) {
+            im__v1__send_result__init(&res[i]);
+            res[i].code = (uint32_t)b->items[i].code;
+            if (b->items[i].code != IM_RPC_OK)
+                res[i].error = b->items[i].error;
+            else
+                res[i].response = &b->items[i].resp;
+            ptrs[i] = &res[i];
+        }
+        resp.results = ptrs;
+        resp.n_results = b->n;
+        im_rpc_reply(b->call, &resp.base);
+        im_free(ptrs);
+        im_free(res);
+    }
+    if (b->n_go > 0)
+        im_hist_observe_us(&b->sh->ack_latency, im_mono_ns() / 1000 - b->start_us);
+    batch_free(b);
+}
+
+/* ------------------------------------------------------------ dedup */
+
+/* Reads a "<id> <conv> <seq> <ts>" record into it's duplicate answer.  False
+ * if it does not parse. */
+static bool dup_from_record(item_t *it, const char *rec)
 {
     char conv[CONV_MAX + 1];
     uint64_t id, seq;
@@ -277,17 +340,14 @@ static bool reply_from_record(im_rpc_call_t *call, const char *rec)
 
     if (sscanf(rec, "%" SCNu64 " %48s %" SCNu64 " %" SCNd64, &id, conv, &seq, &ts) != 4)
         return false;
-    reply_duplicate(call, id, conv, seq, ts);
+    snprintf(it->conv, sizeof(it->conv), "%s", conv);
+    it->dup = true;
+    it->resp.id = id;
+    it->resp.conv = it->conv;
+    it->resp.seq = seq;
+    it->resp.created_at_ms = ts;
+    it->resp.duplicate = true;
     return true;
-}
-
-static im_rpc_code_t redis_status(lg_message_t *m, im_err_t rc, char *msg, size_t msglen)
-{
-    im_log_warn("send: redis: %s (%s)", im_strerror(rc), im_redis_error(m->redis));
-    if (!im_redis_is_open(m->redis))
-        im_redis_reconnect(m->redis);
-    snprintf(msg, msglen, "redis_unavailable: try again");
-    return IM_RPC_UNAVAILABLE;
 }
 
 /* This Redis run may lack the dedup records of every message sent up to 24 h
@@ -312,88 +372,147 @@ static uint64_t check_until(lg_message_t *m, const char *run_id)
     return until;
 }
 
-/* Claims key for this send.  Returns IM_RPC_OK with *claimed true when the
- * caller goes on (*check_db: Redis may have lost records, ask the table
- * too), or with *claimed false when the call was answered as a duplicate;
- * another code (msg set) otherwise. */
-static im_rpc_code_t claim(lg_message_t *m, im_rpc_call_t *call, uint64_t sender, const char *key,
-                           bool *claimed, bool *check_db, char *msg, size_t msglen)
+/* Deletes the claimed keys of the sends that will not be published after
+ * all (release set): a key must not say "pending" for a day.  Pipelined. */
+static void release_keys(im_redis_t *r, batch_t *b, const bool *release)
 {
-    char ttl[16], deleted[40];
-    const char *run_id = NULL, *args[5];
-    const char *second;
+    size_t queued = 0;
+
+    for (size_t i = 0; i < b->n; i++)
+        if (release[i] && im_redis_append(r, "DEL %s", b->items[i].key) == IM_OK)
+            queued++;
+    for (size_t i = 0; i < queued; i++)
+        im_redis_get_reply(r, NULL);
+}
+
+/* Claims the dedup keys of the sends admitted so far, in one script: those
+ * claimed get go, the others an answer (duplicate) or a refusal.  Sets
+ * *check_db when Redis may have lost records. */
+static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
+{
+    size_t k = 0, nargs, at = 1;
+    char ttl[16], (*deleted)[40];
+    const char **args, *run_id = NULL;
     im_redis_reply_t *rep = NULL;
     im_err_t rc;
 
+    *check_db = false;
+    for (size_t i = 0; i < b->n; i++)
+        k += b->items[i].code == IM_RPC_OK && !b->items[i].dup;
+    if (k == 0)
+        return;
+    nargs = 1 + 2 * k + 2;
+    args = im_malloc(nargs * sizeof(*args));
+    deleted = im_malloc(k * sizeof(*deleted));
+    args[0] = LG_DEDUP_SINCE_KEY;
+    for (size_t i = 0, j = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+
+        if (it->code != IM_RPC_OK || it->dup)
+            continue;
+        snprintf(it->key, KEY_MAX, "im:dedup:%" PRIu64 ":%s", it->req->sender,
+                 it->req->client_msg_id);
+        snprintf(deleted[j], sizeof(deleted[j]), LG_DELETED_KEY,
+                 (unsigned long long)it->req->sender);
+        args[1 + 2 * j] = it->key;
+        args[2 + 2 * j] = deleted[j];
+        j++;
+    }
+    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
     if (!im_redis_is_open(m->redis))
         im_redis_reconnect(m->redis);
     rc = im_redis_run_id(m->redis, &run_id);
-    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
-    snprintf(deleted, sizeof(deleted), LG_DELETED_KEY, (unsigned long long)sender);
-    args[0] = key;
-    args[1] = LG_DEDUP_SINCE_KEY;
-    args[2] = deleted;
-    args[3] = ttl;
-    args[4] = run_id;
+    args[nargs - 2] = ttl;
+    args[nargs - 1] = run_id;
     if (rc == IM_OK)
-        rc = im_redis_eval(m->redis, &m->claim, 3, 5, args, NULL, &rep);
-    if (rc != IM_OK)
-        return redis_status(m, rc, msg, msglen);
-    if (im_redis_reply_int(im_redis_reply_elem(rep, 0)) == 2) {
-        im_redis_reply_free(rep);
-        snprintf(msg, msglen, "user_deleted: this account was deleted");
-        return IM_RPC_PERMISSION_DENIED;
+        rc = im_redis_eval(m->redis, &m->claim, (int)(1 + 2 * k), (int)nargs, args, NULL, &rep);
+    if (rc == IM_OK && im_redis_reply_count(rep) != 1 + 2 * k)
+        rc = IM_EPARSE;
+    if (rc != IM_OK) {
+        im_log_warn("send: redis: %s (%s)", im_strerror(rc), im_redis_error(m->redis));
+        if (!im_redis_is_open(m->redis))
+            im_redis_reconnect(m->redis);
     }
-    *claimed = im_redis_reply_int(im_redis_reply_elem(rep, 0)) == 1;
-    second = im_redis_reply_str(im_redis_reply_elem(rep, 1), NULL);
-    if (*claimed) {
-        uint64_t until = *second ? strtoull(second, NULL, 10) : check_until(m, run_id);
-        *check_db = im_wall_ms() < until;
-        im_redis_reply_free(rep);
-        return IM_RPC_OK;
+    for (size_t i = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+        const char *value;
+        long long got;
+
+        if (it->code != IM_RPC_OK || it->dup)
+            continue;
+        if (rc != IM_OK) {
+            refuse(b->sh, it, IM_RPC_UNAVAILABLE, "redis_unavailable: try again");
+            continue;
+        }
+        got = im_redis_reply_int(im_redis_reply_elem(rep, at));
+        value = im_redis_reply_str(im_redis_reply_elem(rep, at + 1), NULL);
+        at += 2;
+        if (got == 1)
+            it->go = true;
+        else if (got == 2)
+            refuse(b->sh, it, IM_RPC_PERMISSION_DENIED, "user_deleted: this account was deleted");
+        else if (value == NULL || strcmp(value, "pending") == 0 || !dup_from_record(it, value))
+            refuse(b->sh, it, IM_RPC_ABORTED,
+                   "in_progress: the same message is being sent, retry");
     }
-    if (strcmp(second, "pending") != 0 && reply_from_record(call, second)) {
-        im_redis_reply_free(rep);
-        return IM_RPC_OK;
+    if (rc == IM_OK) {
+        const char *since = im_redis_reply_str(im_redis_reply_elem(rep, 0), NULL);
+        bool any_go = false;
+
+        for (size_t i = 0; i < b->n; i++)
+            any_go |= b->items[i].go;
+        if (any_go) {
+            uint64_t until = since && *since ? strtoull(since, NULL, 10)
+                                             : check_until(m, run_id);
+            *check_db = im_wall_ms() < until;
+        }
     }
     im_redis_reply_free(rep);
-    snprintf(msg, msglen, "in_progress: the same message is being sent, retry");
-    return IM_RPC_ABORTED;
+    im_free(deleted);
+    im_free(args);
 }
 
-/* The Redis key may have been lost: the table's unique key is the fallback.
- * Returns IM_RPC_OK with *found set (the call answered when found). */
-static im_rpc_code_t find_stored(lg_message_t *m, im_rpc_call_t *call,
-                                 const Im__V1__SendRequest *req, bool *found, char *msg,
-                                 size_t msglen)
+/* The Redis keys may have been lost: the table's unique key is the fallback
+ * for every claimed send.  Those found are answered as duplicates; on a
+ * database error they are refused. */
+static void find_stored_all(lg_message_t *m, batch_t *b)
 {
+    bool *release = im_calloc(b->n, sizeof(*release));
     im_mysql_stmt_t *st = m->find_sent;
-    im_err_t rc;
+    char msg[256];
 
-    im_mysql_bind_u64(st, 0, req->sender);
-    im_mysql_bind_str(st, 1, req->client_msg_id, strlen(req->client_msg_id));
-    rc = im_mysql_stmt_exec(st);
-    if (rc == IM_OK)
-        rc = im_mysql_stmt_next(st);
-    *found = rc == IM_OK;
-    if (rc == IM_ENOENT)
-        return IM_RPC_OK;
-    if (rc != IM_OK)
-        return lg__db_status(m->db, rc, "send: dedup", msg, msglen);
-    reply_duplicate(call, im_mysql_col_u64(st, 0), im_mysql_col_str(st, 1, NULL),
-                    im_mysql_col_u64(st, 2), im_mysql_col_i64(st, 3));
-    return IM_RPC_OK;
+    for (size_t i = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+        im_err_t rc;
+
+        if (!it->go)
+            continue;
+        im_mysql_bind_u64(st, 0, it->req->sender);
+        im_mysql_bind_str(st, 1, it->req->client_msg_id, strlen(it->req->client_msg_id));
+        rc = im_mysql_stmt_exec(st);
+        if (rc == IM_OK)
+            rc = im_mysql_stmt_next(st);
+        if (rc == IM_ENOENT)
+            continue;
+        release[i] = true;
+        if (rc != IM_OK) {
+            refuse(b->sh, it, lg__db_status(m->db, rc, "send: dedup", msg, sizeof(msg)), msg);
+            continue;
+        }
+        it->go = false;
+        it->dup = true;
+        snprintf(it->conv, sizeof(it->conv), "%s", im_mysql_col_str(st, 1, NULL));
+        it->resp.id = im_mysql_col_u64(st, 0);
+        it->resp.conv = it->conv;
+        it->resp.seq = im_mysql_col_u64(st, 2);
+        it->resp.created_at_ms = im_mysql_col_i64(st, 3);
+        it->resp.duplicate = true;
+    }
+    release_keys(m->redis, b, release);
+    im_free(release);
 }
 
 /* ------------------------------------------------------------ confirm */
-
-static void pending_free(pending_t *p)
-{
-    im_free(p->body);
-    im_free(p->client_msg_id);
-    im_free(p->origin_session);
-    im_free(p);
-}
 
 /* The publisher thread's own Redis connection, made on first use. */
 static im_redis_t *callback_redis(lg_message_shared_t *sh)
@@ -406,26 +525,40 @@ static im_redis_t *callback_redis(lg_message_shared_t *sh)
 }
 
 /* Runs on the publisher thread before the client is answered, so a retry
- * after the answer finds the record. */
-static void record_outcome(pending_t *p, bool ok)
+ * after the answer finds the record: the published sends' keys get their
+ * records (ok) or are deleted.  One pipelined round trip. */
+static void record_outcome(batch_t *b, bool ok)
 {
-    im_redis_t *r = callback_redis(p->sh);
+    im_redis_t *r = callback_redis(b->sh);
+    size_t queued = 0;
     char rec[RECORD_MAX];
-    im_err_t rc;
 
     if (r == NULL) {
-        im_log_warn("send: redis unavailable: dedup key %s left to expire", p->key);
+        im_log_warn("send: redis unavailable: %zu dedup keys left to expire", b->n_go);
         return;
     }
-    if (ok) {
-        snprintf(rec, sizeof(rec), "%" PRIu64 " %s %" PRIu64 " %" PRId64, p->msg.id, p->conv,
-                 p->msg.seq, p->msg.created_at_ms);
-        rc = im_redis_command(r, NULL, "SET %s %s PX %d", p->key, rec, LG_DEDUP_TTL_MS);
-    } else {
-        rc = im_redis_command(r, NULL, "DEL %s", p->key);
+    for (size_t i = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+        im_err_t rc;
+
+        if (!it->go)
+            continue;
+        if (ok) {
+            snprintf(rec, sizeof(rec), "%" PRIu64 " %s %" PRIu64 " %" PRId64, it->msg.id,
+                     it->conv, it->msg.seq, it->msg.created_at_ms);
+            rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
+        } else {
+            rc = im_redis_append(r, "DEL %s", it->key);
+        }
+        queued += rc == IM_OK;
     }
-    if (rc != IM_OK)
-        im_log_warn("send: updating %s: %s (%s)", p->key, im_strerror(rc), im_redis_error(r));
+    for (size_t i = 0; i < queued; i++) {
+        im_err_t rc = im_redis_get_reply(r, NULL);
+
+        if (rc != IM_OK)
+            im_log_warn("send: updating a dedup key: %s (%s)", im_strerror(rc),
+                        im_redis_error(r));
+    }
 }
 
 static void deliver_done_cb(void *arg, im_err_t result)
@@ -449,53 +582,103 @@ void lg_message_fanout(lg_message_shared_t *sh, const char *rkey, const Im__V1__
     im_free(buf);
 }
 
-/* One Delivery per gateway for a direct message, one per group otherwise. */
-static void deliver(pending_t *p)
-{
-    Im__V1__Delivery d = IM__V1__DELIVERY__INIT;
+/* One delivery of the batch and the routing key it goes to. */
+typedef struct {
     char rkey[LG_GATEWAY_ID_MAX + 8];
+    Im__V1__Delivery d;
+    bool sent;
+} out_t;
 
-    d.message = &p->msg;
-    d.origin_session = p->origin_session;
-    if (p->msg.to_group) {
-        snprintf(rkey, sizeof(rkey), "g.%" PRIu64, p->msg.to_group);
-        lg_message_fanout(p->sh, rkey, &d);
+/* Publishes the deliveries of the published sends: a group message to its
+ * group's key, a direct one to each gateway holding the recipient or the
+ * sender's other devices.  The deliveries for one key travel together in one
+ * Delivery's batch, in the order of the sends. */
+static void deliver_all(batch_t *b)
+{
+    size_t n = 0, cap = 0;
+    out_t *outs;
+    Im__V1__Delivery **group;
+
+    for (size_t i = 0; i < b->n; i++)
+        if (b->items[i].go)
+            cap += b->items[i].msg.to_group ? 1 : b->items[i].n_routes;
+    if (cap == 0)
         return;
+    outs = im_calloc(cap, sizeof(*outs));
+    group = im_calloc(cap, sizeof(*group));
+    for (size_t i = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+
+        if (!it->go)
+            continue;
+        for (size_t r = 0; r < (it->msg.to_group ? 1 : it->n_routes); r++) {
+            out_t *o = &outs[n++];
+
+            im__v1__delivery__init(&o->d);
+            o->d.message = &it->msg;
+            o->d.origin_session = it->req->origin_session;
+            if (it->msg.to_group) {
+                snprintf(o->rkey, sizeof(o->rkey), "g.%" PRIu64, it->msg.to_group);
+            } else {
+                snprintf(o->rkey, sizeof(o->rkey), "gw.%.*s", LG_GATEWAY_ID_MAX,
+                         it->routes[r].gateway);
+                o->d.user_ids = it->routes[r].users;
+                o->d.n_user_ids = it->routes[r].n_users;
+            }
+        }
     }
-    for (size_t i = 0; i < p->n_routes; i++) {
-        snprintf(rkey, sizeof(rkey), "gw.%.*s", LG_GATEWAY_ID_MAX, p->routes[i].gateway);
-        d.user_ids = p->routes[i].users;
-        d.n_user_ids = p->routes[i].n_users;
-        lg_message_fanout(p->sh, rkey, &d);
+    for (size_t i = 0; i < n; i++) {
+        Im__V1__Delivery parent = IM__V1__DELIVERY__INIT;
+        size_t k = 0;
+
+        if (outs[i].sent)
+            continue;
+        for (size_t j = i; j < n; j++)
+            if (!outs[j].sent && strcmp(outs[j].rkey, outs[i].rkey) == 0) {
+                outs[j].sent = true;
+                group[k++] = &outs[j].d;
+            }
+        parent.batch = group;
+        parent.n_batch = k;
+        lg_message_fanout(b->sh, outs[i].rkey, k == 1 ? group[0] : &parent);
     }
+    im_free(group);
+    im_free(outs);
 }
 
 static void confirm_cb(void *arg, im_err_t result)
 {
-    pending_t *p = arg;
-    Im__V1__SendResponse resp = IM__V1__SEND_RESPONSE__INIT;
+    batch_t *b = arg;
     char msg[128];
 
     if (result != IM_OK) {
-        atomic_fetch_add(&p->sh->failed, 1);
+        atomic_fetch_add(&b->sh->failed, b->n_go);
         snprintf(msg, sizeof(msg), "broker_unavailable: %s, retry with the same client_msg_id",
                  im_strerror(result));
-        record_outcome(p, false);
-        im_rpc_fail(p->call, IM_RPC_UNAVAILABLE, msg);
-        pending_free(p);
+        record_outcome(b, false);
+        for (size_t i = 0; i < b->n; i++)
+            if (b->items[i].go) {
+                b->items[i].code = IM_RPC_UNAVAILABLE;
+                b->items[i].error = im_strdup(msg);
+            }
+        answer(b);
         return;
     }
-    resp.id = p->msg.id;
-    resp.conv = p->conv;
-    resp.seq = p->msg.seq;
-    resp.created_at_ms = p->msg.created_at_ms;
+    for (size_t i = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+
+        if (!it->go)
+            continue;
+        it->resp.id = it->msg.id;
+        it->resp.conv = it->conv;
+        it->resp.seq = it->msg.seq;
+        it->resp.created_at_ms = it->msg.created_at_ms;
+    }
     /* Deliveries are queued before the sender hears back: its next message
-     * (maybe through another logic instance) cannot overtake this one. */
-    deliver(p);
-    record_outcome(p, true);
-    im_rpc_reply(p->call, &resp.base);
-    im_hist_observe_us(&p->sh->ack_latency, im_mono_ns() / 1000 - p->start_us);
-    pending_free(p);
+     * (maybe through another logic instance) cannot overtake these. */
+    deliver_all(b);
+    record_outcome(b, true);
+    answer(b);
 }
 
 /* ------------------------------------------------------------ send */
@@ -509,127 +692,175 @@ static uint32_t conv_hash(const char *conv)
     return h;
 }
 
-static pending_t *pending_new(lg_message_t *m, im_rpc_call_t *call,
-                              const Im__V1__SendRequest *req, const char *conv, const char *key)
+/* Where each direct message's recipient and sender's other devices are:
+ * one lookup for the batch. */
+static void find_routes(lg_message_t *m, batch_t *b)
 {
-    pending_t *p = im_calloc(1, sizeof(*p));
+    lg_route_query_t *q = im_calloc(b->n, sizeof(*q));
+    size_t nq = 0;
+    im_err_t rc;
 
-    p->sh = m->sh;
-    p->call = call;
-    p->start_us = im_mono_ns() / 1000;
-    snprintf(p->conv, sizeof(p->conv), "%s", conv);
-    snprintf(p->key, sizeof(p->key), "%s", key);
-    p->body = im_strdup(req->body);
-    p->client_msg_id = im_strdup(req->client_msg_id);
-    p->origin_session = im_strdup(req->origin_session);
-    im__v1__chat_message__init(&p->msg);
-    p->msg.conv = p->conv;
-    p->msg.sender = req->sender;
-    p->msg.client_msg_id = p->client_msg_id;
-    p->msg.body = p->body;
-    p->msg.to_user = req->to_user;
-    p->msg.to_group = req->to_group;
-    return p;
-}
+    for (size_t i = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
 
-/* Where the recipient's devices and the sender's other devices are. */
-static void find_routes(lg_message_t *m, pending_t *p)
-{
-    uint64_t users[2] = {p->msg.to_user, p->msg.sender};
-    size_t n = p->msg.to_user == p->msg.sender ? 1 : 2;
-    im_err_t rc = lg_session_routes(m->sessions, users, n, p->routes, &p->n_routes);
-
+        if (!it->go || it->req->to_group)
+            continue;
+        it->routes = im_calloc(LG_ROUTES_MAX, sizeof(*it->routes));
+        q[nq].users[0] = it->req->to_user;
+        q[nq].users[1] = it->req->sender;
+        q[nq].n_users = it->req->to_user == it->req->sender ? 1 : 2;
+        q[nq].out = it->routes;
+        nq++;
+    }
+    rc = nq > 0 ? lg_session_routes_many(m->sessions, q, nq) : IM_OK;
     if (rc != IM_OK)
-        im_log_warn("send: routes of %" PRIu64 ": %s: no live delivery, recipients sync",
-                    p->msg.to_user, im_strerror(rc));
+        im_log_warn("send: routes of %zu messages: %s: no live delivery, recipients sync", nq,
+                    im_strerror(rc));
+    for (size_t i = 0, j = 0; i < b->n && rc == IM_OK; i++)
+        if (b->items[i].go && !b->items[i].req->to_group)
+            b->items[i].n_routes = q[j++].n_out;
+    im_free(q);
 }
 
-/* Publishes p's message persistently; the confirm completes the call. */
-static void publish(lg_message_t *m, pending_t *p)
+/* Seqs and ids for the sends still to go, and one persistent publish of them
+ * all; the confirm answers the call.  Under the stripe locks of their
+ * conversations: the publisher sends in submit order, so this instance's
+ * messages of a conversation reach the queue and the gateways in seq order.
+ * Returns false when none is left to publish (the caller answers). */
+static bool publish_all(lg_message_t *m, batch_t *b)
 {
-    Im__V1__ChatMessage *one = &p->msg;
     Im__V1__ChatBatch batch = IM__V1__CHAT_BATCH__INIT;
-    uint8_t *buf;
-    size_t len;
+    const char **convs = im_calloc(b->n, sizeof(*convs));
+    uint64_t *seqs = im_calloc(b->n, sizeof(*seqs)), stripes = 0;
+    im_err_t *errs = im_calloc(b->n, sizeof(*errs));
+    Im__V1__ChatMessage **msgs = im_calloc(b->n, sizeof(*msgs));
+    bool *release = im_calloc(b->n, sizeof(*release));
+    size_t k = 0;
 
-    batch.messages = &one;
-    batch.n_messages = 1;
-    len = im__v1__chat_batch__get_packed_size(&batch);
-    buf = im_malloc(len);
-    im__v1__chat_batch__pack(&batch, buf);
-    lg_publisher_submit(m->sh->cfg.publisher, "", m->sh->cfg.queue, buf, len, true,
-                        m->sh->cfg.publish_timeout_ms, confirm_cb, p);
-    im_free(buf);
+    _Static_assert(LG_SEND_STRIPES <= 64, "stripes are a 64-bit mask");
+    for (size_t i = 0; i < b->n; i++)
+        if (b->items[i].go) {
+            convs[k++] = b->items[i].conv;
+            stripes |= 1ull << (conv_hash(b->items[i].conv) % LG_SEND_STRIPES);
+        }
+    /* In index order: two batches never wait for each other in a cycle. */
+    for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
+        if (stripes & (1ull << s))
+            pthread_mutex_lock(&m->sh->stripes[s]);
+    lg_seq_next_many(m->seq, convs, k, seqs, errs);
+    k = 0;
+    b->n_go = 0;
+    for (size_t i = 0, j = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+
+        if (!it->go)
+            continue;
+        if (errs[j] != IM_OK) {
+            im_log_warn("send: seq for %s: %s", it->conv, im_strerror(errs[j]));
+            refuse(b->sh, it, IM_RPC_UNAVAILABLE, "seq_unavailable: try again");
+            release[i] = true;
+            j++;
+            continue;
+        }
+        it->msg.id = im_id_next(m->sh->cfg.ids);
+        it->msg.seq = seqs[j++];
+        it->msg.created_at_ms = (int64_t)im_wall_ms();
+        msgs[k++] = &it->msg;
+        b->n_go++;
+    }
+    release_keys(m->redis, b, release); /* before b may be freed by the confirm */
+    if (k > 0) {
+        size_t len;
+        uint8_t *buf;
+
+        batch.messages = msgs;
+        batch.n_messages = k;
+        len = im__v1__chat_batch__get_packed_size(&batch);
+        buf = im_malloc(len);
+        im__v1__chat_batch__pack(&batch, buf);
+        /* From here the confirm callback owns b (it may run at once). */
+        lg_publisher_submit(m->sh->cfg.publisher, "", m->sh->cfg.queue, buf, len, true,
+                            m->sh->cfg.publish_timeout_ms, confirm_cb, b);
+        im_free(buf);
+    }
+    for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
+        if (stripes & (1ull << s))
+            pthread_mutex_unlock(&m->sh->stripes[s]);
+    im_free(release);
+    im_free(msgs);
+    im_free(errs);
+    im_free(seqs);
+    im_free(convs);
+    return k > 0;
 }
 
-/* Validation, target and dedup.  Returns IM_RPC_OK with *go true when the
- * message is new and key is claimed; IM_RPC_OK with *go false when the call
- * was answered as a duplicate. */
-static im_rpc_code_t admit(lg_message_t *m, im_rpc_call_t *call, const Im__V1__SendRequest *req,
-                           char *conv, char *key, bool *go, char *msg, size_t msglen)
+/* Serves a Send (many false) or a SendBatch. */
+static void send_calls(lg_message_t *m, im_rpc_call_t *call, bool many)
 {
-    im_rpc_code_t code = lg_message_validate(req, m->sh->cfg.max_body, msg, msglen);
-    bool found, check_db = true;
+    const ProtobufCMessage *req = im_rpc_call_request(call);
+    const Im__V1__SendRequest *one = (const Im__V1__SendRequest *)req;
+    const Im__V1__SendRequest *const *reqs;
+    batch_t *b;
+    size_t n;
+    char msg[256];
+    bool check_db;
 
-    *go = false;
-    if (code == IM_RPC_OK)
-        code = check_target(m, req, conv, msg, msglen);
-    if (code != IM_RPC_OK)
-        return code;
-    snprintf(key, KEY_MAX, "im:dedup:%" PRIu64 ":%s", req->sender, req->client_msg_id);
-    code = claim(m, call, req->sender, key, go, &check_db, msg, msglen);
-    if (code != IM_RPC_OK || !*go || !check_db)
-        return code;
-    code = find_stored(m, call, req, &found, msg, msglen);
-    if (code == IM_RPC_OK && !found)
-        return IM_RPC_OK;
-    *go = false;
-    /* Stored (answered) or unknown: the key must not say "pending" for a day. */
-    im_redis_command(m->redis, NULL, "DEL %s", key);
-    return code;
+    if (many) {
+        reqs = (const Im__V1__SendRequest *const *)((const Im__V1__SendBatchRequest *)req)->sends;
+        n = ((const Im__V1__SendBatchRequest *)req)->n_sends;
+        if (n > LG_SEND_BATCH_MAX) {
+            snprintf(msg, sizeof(msg), "batch_too_large: at most %d sends per call",
+                     LG_SEND_BATCH_MAX);
+            im_rpc_fail(call, IM_RPC_INVALID_ARGUMENT, msg);
+            return;
+        }
+    } else {
+        reqs = &one;
+        n = 1;
+    }
+    atomic_fetch_add(&m->sh->sends, n);
+    b = im_calloc(1, sizeof(*b));
+    b->sh = m->sh;
+    b->call = call;
+    b->many = many;
+    b->start_us = im_mono_ns() / 1000;
+    b->n = n;
+    b->items = im_calloc(n ? n : 1, sizeof(*b->items));
+    for (size_t i = 0; i < n; i++) {
+        item_t *it = &b->items[i];
+        im_rpc_code_t code;
+
+        it->req = reqs[i];
+        im__v1__send_response__init(&it->resp);
+        code = lg_message_validate(it->req, m->sh->cfg.max_body, msg, sizeof(msg));
+        if (code == IM_RPC_OK)
+            code = check_target(m, it->req, it->conv, msg, sizeof(msg));
+        if (code != IM_RPC_OK) {
+            refuse(m->sh, it, code, msg);
+            continue;
+        }
+        im__v1__chat_message__init(&it->msg);
+        it->msg.conv = it->conv;
+        it->msg.sender = it->req->sender;
+        it->msg.client_msg_id = it->req->client_msg_id;
+        it->msg.body = it->req->body;
+        it->msg.to_user = it->req->to_user;
+        it->msg.to_group = it->req->to_group;
+    }
+    claim_all(m, b, &check_db);
+    if (check_db)
+        find_stored_all(m, b);
+    find_routes(m, b);
+    if (!publish_all(m, b))
+        answer(b);
 }
 
 void lg_message_send(lg_message_t *m, im_rpc_call_t *call)
 {
-    const Im__V1__SendRequest *req = (const Im__V1__SendRequest *)im_rpc_call_request(call);
-    char conv[CONV_MAX + 1], key[KEY_MAX], msg[256];
-    pthread_mutex_t *stripe;
-    uint64_t seq = 0;
-    bool go;
-    im_err_t rc;
-    pending_t *p;
-    im_rpc_code_t code;
+    send_calls(m, call, false);
+}
 
-    atomic_fetch_add(&m->sh->sends, 1);
-    code = admit(m, call, req, conv, key, &go, msg, sizeof(msg));
-    if (code != IM_RPC_OK) {
-        atomic_fetch_add(&m->sh->refused, 1);
-        im_rpc_fail(call, code, msg);
-        return;
-    }
-    if (!go)
-        return;
-    p = pending_new(m, call, req, conv, key);
-    if (req->to_user)
-        find_routes(m, p);
-    /* Seq and publish under the conversation's stripe lock: the publisher
-     * sends in submit order, so this instance's messages of a conversation
-     * reach the queue and the gateways in seq order. */
-    stripe = &m->sh->stripes[conv_hash(conv) % LG_SEND_STRIPES];
-    pthread_mutex_lock(stripe);
-    rc = lg_seq_next(m->seq, conv, &seq);
-    if (rc == IM_OK) {
-        p->msg.id = im_id_next(m->sh->cfg.ids);
-        p->msg.seq = seq;
-        p->msg.created_at_ms = (int64_t)im_wall_ms();
-        publish(m, p);
-    }
-    pthread_mutex_unlock(stripe);
-    if (rc != IM_OK) {
-        im_log_warn("send: seq for %s: %s", conv, im_strerror(rc));
-        im_redis_command(m->redis, NULL, "DEL %s", key);
-        im_rpc_fail(call, IM_RPC_UNAVAILABLE, "seq_unavailable: try again");
-        atomic_fetch_add(&m->sh->refused, 1);
-        pending_free(p);
-    }
+void lg_message_send_batch(lg_message_t *m, im_rpc_call_t *call)
+{
+    send_calls(m, call, true);
 }

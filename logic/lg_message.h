@@ -77,6 +77,7 @@
 #define LG_DELIVER_EXCHANGE "im.deliver"
 #define LG_DELIVER_TIMEOUT_MS 1000 /* a live delivery not sent by then is dropped */
 #define LG_CLIENT_MSG_ID_MAX 64
+#define LG_SEND_BATCH_MAX 1000
 #define LG_SEND_STRIPES 64 /* locks keeping a conversation's seq and publish in order */
 #define LG_DEDUP_TTL_MS (24 * 3600 * 1000)
 #define LG_DEDUP_SINCE_KEY "im:dedup:since"
@@ -121,5 +122,10 @@ void lg_message_fanout(lg_message_shared_t *sh, const char *rkey, const Im__V1__
 /* Serves one Send call: completes it now on an error or a duplicate, or later
  * from the publisher thread once the broker answered.  The worker's thread. */
 void lg_message_send(lg_message_t *m, im_rpc_call_t *call);
+
+/* Serves one SendBatch call: each send as by Send, answered in the call's
+ * results in order; the accepted ones published together (one confirm).
+ * More than LG_SEND_BATCH_MAX sends: INVALID_ARGUMENT batch_too_large. */
+void lg_message_send_batch(lg_message_t *m, im_rpc_call_t *call);
 
 #endif

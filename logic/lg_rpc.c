@@ -457,19 +457,31 @@ DB_ROUTES_HANDLER(typing, notify, lg_notify_typing, Im__V1__TypingRequest, Im__V
 DB_ROUTES_HANDLER(mark_read, sync, lg_sync_mark_read, Im__V1__MarkReadRequest,
                   Im__V1__MarkReadResponse, IM__V1__MARK_READ_RESPONSE__INIT)
 
-/* Send completes its call itself: now on a refusal, later on the confirm. */
-static void send_cb(im_rpc_call_t *call, void *arg)
+/* Send and SendBatch complete their calls themselves: now when nothing is
+ * to be published, later on the confirm. */
+static void send_common(im_rpc_call_t *call, lg_rpc_t *r, bool many)
 {
-    lg_rpc_t *r = arg;
     char msg[256];
     session_t *s = session_take(r);
     im_rpc_code_t code = session_ready(r, s, NEED_DB | NEED_REDIS, msg, sizeof(msg));
 
-    if (code == IM_RPC_OK)
-        lg_message_send(s->message, call);
-    else
+    if (code != IM_RPC_OK)
         im_rpc_fail(call, code, msg);
+    else if (many)
+        lg_message_send_batch(s->message, call);
+    else
+        lg_message_send(s->message, call);
     session_give(r, s);
+}
+
+static void send_cb(im_rpc_call_t *call, void *arg)
+{
+    send_common(call, arg, false);
+}
+
+static void send_batch_cb(im_rpc_call_t *call, void *arg)
+{
+    send_common(call, arg, true);
 }
 
 /* HMAC only: cheap enough for the completion-queue thread. */
@@ -499,7 +511,7 @@ static const im_rpc_method_t group_methods[] = {
 };
 static const im_rpc_method_t message_methods[] = {
     {send_cb, true},          {sync_cb, true},   {history_cb, true}, {mark_read_cb, true},
-    {conversations_cb, true}, {typing_cb, true},
+    {conversations_cb, true}, {typing_cb, true},  {send_batch_cb, true},
 };
 static const im_rpc_method_t session_methods[] = {
     {online_cb, true},

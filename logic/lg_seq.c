@@ -76,6 +76,20 @@ static const char next_lua[] =
     "if tonumber(v[1]) >= c then return {2, v[1]} end\n"
     "return {1, redis.call('HINCRBY', KEYS[1], 'n', 1)}\n";
 
+/* The next script's common case for many hashes at once: KEYS the hashes
+ * (repeats allowed), ARGV[1] the run_id.  out[i] is the seq, or 0 when that
+ * hash needs init or reserve (nothing consumed; the caller takes the slow
+ * path, which finds out which). */
+static const char next_many_lua[] =
+    "local out = {}\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  local v = redis.call('HMGET', k, 'n', 'c', 'r')\n"
+    "  if v[1] and v[3] == ARGV[1] and tonumber(v[1]) < tonumber(v[2] or '0') then\n"
+    "    out[i] = redis.call('HINCRBY', k, 'n', 1)\n"
+    "  else out[i] = 0 end\n"
+    "end\n"
+    "return out\n";
+
 /* KEYS[1] the hash, ARGV[1] the run_id, ARGV[2] D. */
 static const char init_lua[] =
     "if redis.call('HGET', KEYS[1], 'r') == ARGV[1] then return 0 end\n"
@@ -92,7 +106,7 @@ struct lg_seq_s {
     im_mysql_stmt_t *ensure;
     im_mysql_stmt_t *lock;   /* reads D and locks the row */
     im_mysql_stmt_t *store;  /* writes D' */
-    im_redis_script_t next, init;
+    im_redis_script_t next, init, next_many;
 };
 
 /* What one call works on: the conversation, its Redis key and the server run. */
@@ -113,6 +127,7 @@ im_err_t lg_seq_new(im_redis_t *redis, im_mysql_t *db, uint64_t step, lg_seq_t *
     s->step = step != 0 ? step : LG_SEQ_DEFAULT_STEP;
     s->next = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(next_lua);
     s->init = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(init_lua);
+    s->next_many = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(next_many_lua);
     err = im_mysql_prepare(db,
                            "INSERT INTO conv_seq_reserve (conv_id, reserved_upto) VALUES (?, 0)"
                            " ON DUPLICATE KEY UPDATE reserved_upto = reserved_upto",
@@ -316,4 +331,65 @@ im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out)
         im_log_warn("lg_seq: conv %s: %s (last redis error: %s; last mysql error: %s)", conv,
                     im_strerror(err), im_redis_error(s->redis), im_mysql_error(s->db));
     return err;
+}
+
+/* The fast path of lg_seq_next_many(): out[i] = 0 where it did not hand out
+ * one (or everywhere, when the script could not run). */
+static void next_many_fast(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out)
+{
+    size_t keylen = sizeof(KEY_PREFIX) + CONV_MAX;
+    char *keys = im_malloc(n * keylen);
+    const char **args = im_malloc((n + 1) * sizeof(*args));
+    im_redis_reply_t *rep = NULL;
+    const char *run_id;
+    size_t nkeys = 0;
+
+    memset(out, 0, n * sizeof(*out));
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(convs[i]);
+
+        if (len == 0 || len > CONV_MAX)
+            continue; /* the slow path says IM_EINVAL */
+        args[nkeys] = keys + nkeys * keylen;
+        snprintf(keys + nkeys * keylen, keylen, KEY_PREFIX "%s", convs[i]);
+        nkeys++;
+    }
+    if (nkeys == n && im_redis_run_id(s->redis, &run_id) == IM_OK) {
+        args[n] = run_id;
+        if (im_redis_eval(s->redis, &s->next_many, (int)n, (int)n + 1, args, NULL, &rep) ==
+                IM_OK &&
+            im_redis_reply_count(rep) == n)
+            for (size_t i = 0; i < n; i++)
+                if (im_redis_reply_u64(im_redis_reply_elem(rep, i), &out[i]) != IM_OK)
+                    out[i] = 0;
+        im_redis_reply_free(rep);
+    }
+    im_free(args);
+    im_free(keys);
+}
+
+size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out,
+                        im_err_t *errs)
+{
+    size_t failed = 0;
+
+    if (n == 0)
+        return 0;
+    next_many_fast(s, convs, n, out);
+    for (size_t i = 0; i < n; i++) {
+        errs[i] = IM_OK;
+        /* A conversation that failed earlier in the array fails again. */
+        for (size_t j = 0; j < i && failed > 0; j++)
+            if (errs[j] != IM_OK && strcmp(convs[j], convs[i]) == 0) {
+                errs[i] = errs[j];
+                break;
+            }
+        if (errs[i] == IM_OK && out[i] == 0)
+            errs[i] = lg_seq_next(s, convs[i], &out[i]);
+        if (errs[i] != IM_OK) {
+            out[i] = 0;
+            failed++;
+        }
+    }
+    return failed;
 }

@@ -56,4 +56,14 @@ void lg_seq_free(lg_seq_t *s);
  * The connections' thread only. */
 im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out);
 
+/* The next seq of each of convs[0..n) (a conversation may appear several
+ * times: each occurrence gets the next one, in array order), as if by n calls
+ * of lg_seq_next() in that order, but in one Redis round trip while every
+ * conversation's lease lasts; the others go through lg_seq_next() after it.
+ * errs[i] is IM_OK with out[i] set, or the error for convs[i]; once a
+ * conversation failed, its later occurrences fail with the same error (so the
+ * ones handed out keep the array's order).  Returns the number that failed. */
+size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out,
+                        im_err_t *errs);
+
 #endif

@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "im_alloc.h"
@@ -243,37 +244,81 @@ static void route_add(lg_route_t *out, size_t *n, const char *gateway, size_t le
         out[i].users[out[i].n_users++] = user;
 }
 
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+im_err_t lg_session_routes_many(lg_session_t *s, lg_route_query_t *q, size_t n)
+{
+    size_t total = 0, nu = 0;
+    uint64_t *users;
+    char *keys;
+    const char **args;
+    im_redis_reply_t *rep = NULL;
+    im_err_t rc;
+
+    for (size_t i = 0; i < n; i++) {
+        q[i].n_out = 0;
+        if (q[i].n_users == 0 || q[i].n_users > LG_ROUTE_USERS_MAX)
+            return IM_EINVAL;
+        total += q[i].n_users;
+    }
+    if (total == 0)
+        return IM_OK;
+    users = im_malloc(total * sizeof(*users));
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < q[i].n_users; j++)
+            users[nu++] = q[i].users[j];
+    qsort(users, nu, sizeof(*users), u64_cmp);
+    total = nu;
+    nu = 0;
+    for (size_t i = 0; i < total; i++)
+        if (nu == 0 || users[nu - 1] != users[i])
+            users[nu++] = users[i];
+    keys = im_malloc(nu * KEY_MAX);
+    args = im_malloc(nu * sizeof(*args));
+    for (size_t i = 0; i < nu; i++) {
+        snprintf(keys + i * KEY_MAX, KEY_MAX, "im:route:%" PRIu64, users[i]);
+        args[i] = keys + i * KEY_MAX;
+    }
+    if (!im_redis_is_open(s->redis))
+        im_redis_reconnect(s->redis);
+    rc = im_redis_eval(s->redis, &s->routes, (int)nu, (int)nu, args, NULL, &rep);
+    for (size_t i = 0; rc == IM_OK && i < n; i++) {
+        for (size_t u = 0; u < q[i].n_users; u++) {
+            uint64_t *at = bsearch(&q[i].users[u], users, nu, sizeof(*users), u64_cmp);
+            const im_redis_reply_t *gws = im_redis_reply_elem(rep, (size_t)(at - users));
+
+            for (size_t j = 0; j < im_redis_reply_count(gws); j++) {
+                size_t len = 0;
+                const char *gw = im_redis_reply_str(im_redis_reply_elem(gws, j), &len);
+
+                if (gw != NULL)
+                    route_add(q[i].out, &q[i].n_out, gw, len, q[i].users[u]);
+            }
+        }
+    }
+    im_redis_reply_free(rep);
+    im_free(args);
+    im_free(keys);
+    im_free(users);
+    return rc;
+}
+
 im_err_t lg_session_routes(lg_session_t *s, const uint64_t *users, size_t n, lg_route_t *out,
                            size_t *n_out)
 {
-    char keys[LG_ROUTE_USERS_MAX][KEY_MAX];
-    const char *args[LG_ROUTE_USERS_MAX];
-    im_redis_reply_t *rep = NULL;
+    lg_route_query_t q = {.n_users = n, .out = out};
     im_err_t rc;
 
     *n_out = 0;
     if (n == 0 || n > LG_ROUTE_USERS_MAX)
         return IM_EINVAL;
-    for (size_t i = 0; i < n; i++) {
-        snprintf(keys[i], sizeof(keys[i]), "im:route:%" PRIu64, users[i]);
-        args[i] = keys[i];
-    }
-    if (!im_redis_is_open(s->redis))
-        im_redis_reconnect(s->redis);
-    rc = im_redis_eval(s->redis, &s->routes, (int)n, (int)n, args, NULL, &rep);
-    if (rc != IM_OK)
-        return rc;
-    for (size_t i = 0; i < n && i < im_redis_reply_count(rep); i++) {
-        const im_redis_reply_t *gws = im_redis_reply_elem(rep, i);
-
-        for (size_t j = 0; j < im_redis_reply_count(gws); j++) {
-            size_t len = 0;
-            const char *gw = im_redis_reply_str(im_redis_reply_elem(gws, j), &len);
-
-            if (gw != NULL)
-                route_add(out, n_out, gw, len, users[i]);
-        }
-    }
-    im_redis_reply_free(rep);
-    return IM_OK;
+    memcpy(q.users, users, n * sizeof(*users));
+    rc = lg_session_routes_many(s, &q, 1);
+    *n_out = rc == IM_OK ? q.n_out : 0;
+    return rc;
 }

@@ -77,6 +77,19 @@ typedef struct {
 im_err_t lg_session_routes(lg_session_t *s, const uint64_t *users, size_t n, lg_route_t *out,
                            size_t *n_out);
 
+/* One lookup of lg_session_routes_many(): users[0..n_users) in, the routes
+ * out[0..n_out) (out has room for LG_ROUTES_MAX). */
+typedef struct {
+    uint64_t users[LG_ROUTE_USERS_MAX];
+    size_t n_users;
+    lg_route_t *out;
+    size_t n_out;
+} lg_route_query_t;
+
+/* As lg_session_routes() for each of q[0..n), in one Redis round trip (each
+ * user looked up once however many queries name it). */
+im_err_t lg_session_routes_many(lg_session_t *s, lg_route_query_t *q, size_t n);
+
 /* True when id is 1..64 of [A-Za-z0-9._:-] (gateway and session ids). */
 bool lg_session_id_ok(const char *id);
 
