@@ -15,14 +15,18 @@
 
 /* ------------------------------------------------------------ send */
 
-static void send_done(gw_service_t *svc, gw_call_t *c)
+/* Answers one send: an ack frame, or an error frame with its cid. */
+static void send_answer(gw_service_t *svc, gw_call_t *c, const Im__V1__SendResponse *r)
 {
-    const Im__V1__SendResponse *r = (const Im__V1__SendResponse *)c->resp;
     im_jw_t w;
     im_buf_t *b;
 
     im_hist_observe_us(&svc->ack_latency, im_mono_ns() / 1000 - c->start_us);
-    if (c->code != IM_RPC_OK) {
+    if (c->code != IM_RPC_OK || r == NULL) {
+        if (c->code == IM_RPC_OK) {
+            c->code = IM_RPC_INTERNAL;
+            c->message = im_strdup("internal: logic answered no result for this send");
+        }
         svc->send_errors++;
         gw__reply_error(svc, c);
         return;
@@ -47,6 +51,61 @@ static void send_done(gw_service_t *svc, gw_call_t *c)
     }
     im_jw_obj_end(&w);
     gw__buf_send(svc, c->session_id, b, &w);
+}
+
+/* A SendBatch is back: each of its sends gets its own result, or the call's
+ * failure. */
+static void send_batch_done(gw_service_t *svc, gw_call_t *bc)
+{
+    const Im__V1__SendBatchResponse *r = (const Im__V1__SendBatchResponse *)bc->resp;
+    bool whole = bc->code == IM_RPC_OK && r != NULL && r->n_results == bc->n_members;
+
+    for (size_t i = 0; i < bc->n_members; i++) {
+        gw_call_t *c = bc->members[i];
+        const Im__V1__SendResult *res = whole ? r->results[i] : NULL;
+
+        if (!whole) {
+            c->code = bc->code != IM_RPC_OK ? bc->code : IM_RPC_INTERNAL;
+            c->message = im_strdup(bc->code != IM_RPC_OK && bc->message
+                                       ? bc->message
+                                       : "internal: logic answered a batch of another size");
+        } else if (res->code != IM_RPC_OK) {
+            c->code = (im_rpc_code_t)res->code;
+            c->message = im_strdup(res->error);
+        }
+        send_answer(svc, c, whole && res->code == IM_RPC_OK ? res->response : NULL);
+        gw__call_free(c);
+    }
+}
+
+void gw__flush_sends(gw_service_t *svc)
+{
+    Im__V1__SendBatchRequest req = IM__V1__SEND_BATCH_REQUEST__INIT;
+    Im__V1__SendRequest **sends;
+    gw_call_t *bc;
+
+    if (svc->n_batch == 0)
+        return;
+    bc = gw__call_new(svc, GW_CALL_SEND, send_batch_done);
+    bc->members = svc->batch;
+    bc->n_members = svc->n_batch;
+    svc->batch = NULL;
+    svc->n_batch = 0;
+    sends = im_malloc(bc->n_members * sizeof(*sends));
+    for (size_t i = 0; i < bc->n_members; i++)
+        sends[i] = bc->members[i]->send;
+    req.sends = sends;
+    req.n_sends = bc->n_members;
+    svc->send_batches++;
+    gw__call(svc, bc, &im__v1__message__descriptor, GW_METHOD_SEND_BATCH, &req.base);
+    im_free(sends);
+}
+
+/* Posted once per turn of the loop that collected a send. */
+static void flush_task(gw_t *gw, void *arg)
+{
+    (void)gw;
+    gw__flush_sends(arg);
 }
 
 /* ------------------------------------------------------------ sync */
@@ -159,20 +218,31 @@ static void convs_done(gw_service_t *svc, gw_call_t *c)
 
 /* ------------------------------------------------------------ requests */
 
+/* Queues the send for this turn's SendBatch: every send read in one turn of
+ * the loop goes to logic in one call (flushed by a task posted behind the
+ * reads, or at once when GW_SEND_BATCH_MAX are waiting). */
 static void start_send(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *r, gw_call_t *c)
 {
-    Im__V1__SendRequest req = IM__V1__SEND_REQUEST__INIT;
+    Im__V1__SendRequest *req = im_malloc(sizeof(*req));
     char origin[128];
 
+    im__v1__send_request__init(req);
     snprintf(origin, sizeof(origin), "%s/%" PRIx64, gw_instance_id(svc->gw), f->session_id);
-    req.sender = f->user_id;
-    req.to_user = r->to_user;
-    req.to_group = r->to_group;
-    req.client_msg_id = c->cid;
-    req.body = r->body;
-    req.origin_session = origin;
+    req->sender = f->user_id;
+    req->to_user = r->to_user;
+    req->to_group = r->to_group;
+    req->client_msg_id = c->cid;
+    req->body = im_strdup(r->body);
+    req->origin_session = im_strdup(origin);
+    c->send = req;
     svc->sends++;
-    gw__call(svc, c, &im__v1__message__descriptor, 0, &req.base);
+    if (svc->batch == NULL)
+        svc->batch = im_malloc(GW_SEND_BATCH_MAX * sizeof(*svc->batch));
+    svc->batch[svc->n_batch++] = c;
+    if (svc->n_batch == 1)
+        gw_post(svc->gw, flush_task, svc);
+    else if (svc->n_batch == GW_SEND_BATCH_MAX)
+        gw__flush_sends(svc);
 }
 
 static void start_sync(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *r, gw_call_t *c)
@@ -237,7 +307,7 @@ static void start_other(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *
 im_err_t gw__on_frame(gw_t *gw, const gw_frame_t *f, void *arg)
 {
     static const gw_call_done_fn done[] = {
-        [GW_REQ_SEND] = send_done,       [GW_REQ_SYNC] = sync_done,
+        [GW_REQ_SEND] = NULL,            [GW_REQ_SYNC] = sync_done,
         [GW_REQ_READ] = read_done,       [GW_REQ_TYPING] = typing_done,
         [GW_REQ_HISTORY] = history_done, [GW_REQ_CONVERSATIONS] = convs_done,
     };

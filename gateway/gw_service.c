@@ -66,10 +66,16 @@ gw_call_t *gw__call_new(gw_service_t *svc, gw_call_kind_t kind, gw_call_done_fn 
     return c;
 }
 
-static void call_free(gw_call_t *c)
+void gw__call_free(gw_call_t *c)
 {
     if (c->resp != NULL)
         protobuf_c_message_free_unpacked(c->resp, NULL);
+    if (c->send != NULL) {
+        im_free(c->send->body);
+        im_free(c->send->origin_session);
+        im_free(c->send);
+    }
+    im_free(c->members);
     im_free(c->message);
     im_free(c);
 }
@@ -83,7 +89,7 @@ static void call_done_task(gw_t *gw, void *arg)
     atomic_fetch_sub(&c->svc->outstanding, 1);
     if (c->done != NULL)
         c->done(c->svc, c);
-    call_free(c);
+    gw__call_free(c);
 }
 
 /* On the client's thread: keep the result, hand it to the loop. */
@@ -644,13 +650,8 @@ typedef struct {
     Im__V1__Delivery *d;
 } delivery_job_t;
 
-static void delivery_job(gw_t *gw, void *arg)
+static void deliver_one(gw_service_t *svc, const Im__V1__Delivery *d)
 {
-    delivery_job_t *j = arg;
-    gw_service_t *svc = j->svc;
-    const Im__V1__Delivery *d = j->d;
-
-    (void)gw;
     svc->deliveries++;
     if (d->message != NULL)
         deliver_message(svc, d);
@@ -662,6 +663,20 @@ static void delivery_job(gw_t *gw, void *arg)
         deliver_presence(svc, d);
     else if (d->group_event != NULL)
         deliver_group_event(svc, d);
+}
+
+static void delivery_job(gw_t *gw, void *arg)
+{
+    delivery_job_t *j = arg;
+    gw_service_t *svc = j->svc;
+    const Im__V1__Delivery *d = j->d;
+
+    (void)gw;
+    if (d->n_batch == 0)
+        deliver_one(svc, d);
+    for (size_t i = 0; i < d->n_batch; i++)
+        if (d->batch[i]->n_batch == 0) /* one level: logic never nests them */
+            deliver_one(svc, d->batch[i]);
     protobuf_c_message_free_unpacked(&j->d->base, NULL);
     im_free(j);
 }
@@ -806,6 +821,11 @@ static void on_metrics(gw_t *gw, gw_sb_t *out, void *arg)
                  "\n",
                  svc->send_errors);
     gw_sb_printf(out,
+                 "# HELP im_gateway_send_batches_total SendBatch calls to logic (sends per call = "
+                 "sends / batches).\n# TYPE im_gateway_send_batches_total counter\n"
+                 "im_gateway_send_batches_total %" PRIu64 "\n",
+                 svc->send_batches);
+    gw_sb_printf(out,
                  "# TYPE im_gateway_deliveries_total counter\nim_gateway_deliveries_total %" PRIu64
                  "\n",
                  svc->deliveries);
@@ -904,6 +924,9 @@ void gw_service_free(gw_service_t *svc)
     gw_service_stop(svc);
     for (size_t i = 0; i < svc->n_clients; i++)
         im_rpc_client_free(svc->clients[i]);
+    for (size_t i = 0; i < svc->n_batch; i++) /* the loop never ran again */
+        gw__call_free(svc->batch[i]);
+    im_free(svc->batch);
     IM_MAP_FOREACH(&svc->sessions, key, val)
     {
         im_free(((gw_sess_t *)val)->groups);

@@ -21,6 +21,10 @@
 #include "im_rpc.h"
 
 #define GW_CID_MAX 64
+#define GW_SEND_BATCH_MAX 256  /* sends per SendBatch call at most */
+#define GW_METHOD_SEND_BATCH 6 /* Message.SendBatch's index in im.proto */
+
+typedef struct gw_call_s gw_call_t;
 
 /* A session as the service sees it (loop thread). */
 typedef struct {
@@ -54,7 +58,11 @@ struct gw_service_s {
     im_map_t sessions; /* id -> gw_sess_t */
     im_map_t groups;   /* group id -> gw_members_t */
     /* Counters (loop thread). */
-    uint64_t sends, acks, send_errors, delivered, deliveries, resyncs;
+    uint64_t sends, acks, send_errors, delivered, deliveries, resyncs, send_batches;
+    /* Sends collected in this turn of the loop, sent as one SendBatch when
+     * the loop has handled what it read (gw_frames.c). */
+    gw_call_t **batch;
+    size_t n_batch;
     im_hist_t ack_latency; /* send frame in -> ack frame out */
 };
 
@@ -72,7 +80,6 @@ typedef enum {
     GW_CALL_HTTP,   /* an /api request: http_kind says which */
 } gw_call_kind_t;
 
-typedef struct gw_call_s gw_call_t;
 typedef void (*gw_call_done_fn)(gw_service_t *svc, gw_call_t *c);
 
 struct gw_call_s {
@@ -89,7 +96,18 @@ struct gw_call_s {
     im_rpc_code_t code;
     char *message;
     ProtobufCMessage *resp;
+    /* A send waiting for its turn's SendBatch: its request (owned). */
+    Im__V1__SendRequest *send;
+    /* A SendBatch: the sends it carries, answered and freed by its done. */
+    gw_call_t **members;
+    size_t n_members;
 };
+
+/* Frees c, its request and result (not its members). */
+void gw__call_free(gw_call_t *c);
+
+/* Sends the SendBatch of the sends collected so far (gw_frames.c), if any. */
+void gw__flush_sends(gw_service_t *svc);
 
 /* Starts method of service sd on the next logic client; done runs on the
  * loop.  On a local failure done runs too (soon, from the loop) with code
