@@ -1,7 +1,9 @@
 /*
  * 05-seq: the Redis adapter against a real server, then per-conversation seqs
  * (logic/lg_seq) across leases, several allocators, lost keys, FLUSHALL, a stale
- * hash from an earlier Redis run, a lost MariaDB row and a Redis restart.
+ * hash from an earlier Redis run, a lost MariaDB row and a Redis restart; and
+ * lg_seq_next_many (a batch's seqs in one script, leases running out mid-array,
+ * bad convs failing alone).
  *
  * Conversations and keys carry a per-run tag.  FLUSHALL and the restart touch the
  * whole Redis server of the infra fixture: they run last.
@@ -458,6 +460,218 @@ TEST(seq_db_row_lost_under_live_redis)
     lg_seq_free(s);
 }
 
+/* ---------------------------------------------------------------- many at once */
+
+/* lg_seq_next_many() on convs[0..n); fails the test unless exactly want_failed
+ * entries failed. */
+static void next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out,
+                      im_err_t *errs, size_t want_failed)
+{
+    size_t failed = lg_seq_next_many(s, convs, n, out, errs);
+
+    if (failed != want_failed)
+        IM__FAIL("lg_seq_next_many: %zu of %zu failed, want %zu", failed, n, want_failed);
+}
+
+/* Each conv gets, occurrence by occurrence in array order, the seqs that n
+ * calls of lg_seq_next would give: its first use (init, slow path) and a live
+ * lease (one script) alike, and lg_seq_next continues after them. */
+TEST(seq_next_many_repeats_in_array_order)
+{
+    char x[64], y[64], z[64];
+    const char *a1[] = {x, y, x, z, y, x};
+    const char *a2[] = {y, z, y, x, x};
+    uint64_t out[6];
+    im_err_t errs[6];
+    lg_seq_t *s = seq_new(rd, db, 0);
+
+    conv_name(x, sizeof(x), "many-x");
+    conv_name(y, sizeof(y), "many-y");
+    conv_name(z, sizeof(z), "many-z");
+    ASSERT_U64_EQ(next(s, x), 1);
+    ASSERT_U64_EQ(next(s, x), 2);
+    ASSERT_U64_EQ(next(s, x), 3);
+    /* x has a lease; y and z have no hash yet. */
+    next_many(s, a1, 6, out, errs, 0);
+    for (size_t i = 0; i < 6; i++)
+        ASSERT_EQ(errs[i], IM_OK);
+    ASSERT_U64_EQ(out[0], 4);
+    ASSERT_U64_EQ(out[1], 1);
+    ASSERT_U64_EQ(out[2], 5);
+    ASSERT_U64_EQ(out[3], 1);
+    ASSERT_U64_EQ(out[4], 2);
+    ASSERT_U64_EQ(out[5], 6);
+    /* All three have a lease now: the one-script path. */
+    next_many(s, a2, 5, out, errs, 0);
+    ASSERT_U64_EQ(out[0], 3);
+    ASSERT_U64_EQ(out[1], 2);
+    ASSERT_U64_EQ(out[2], 4);
+    ASSERT_U64_EQ(out[3], 7);
+    ASSERT_U64_EQ(out[4], 8);
+    ASSERT_U64_EQ(next(s, x), 9);
+    ASSERT_U64_EQ(next(s, y), 5);
+    ASSERT_U64_EQ(next(s, z), 3);
+    ASSERT_EQ(lg_seq_next_many(s, a1, 0, out, errs), 0);
+    ASSERT_U64_EQ(next(s, x), 10); /* n = 0 took nothing */
+    lg_seq_free(s);
+}
+
+#define MANY_ROUNDS 60
+#define MANY_LEN    11
+#define TINY_STEP   3
+
+/* With a lease of 3 every call runs out mid-array: the entries after the
+ * ceiling go through lg_seq_next (a reserve each time), and the seqs still
+ * count up by one per occurrence, per conv, in array order, with single
+ * lg_seq_next calls mixed in. */
+TEST(seq_next_many_crosses_leases_mid_array)
+{
+    static const char pattern[MANY_LEN] = "aabababbbaa";
+    char a[64], b[64];
+    const char *convs[MANY_LEN];
+    uint64_t out[MANY_LEN], last_a = 0, last_b = 0;
+    im_err_t errs[MANY_LEN];
+    lg_seq_t *s = seq_new(rd, db, TINY_STEP);
+
+    conv_name(a, sizeof(a), "lease-a");
+    conv_name(b, sizeof(b), "lease-b");
+    for (size_t i = 0; i < MANY_LEN; i++)
+        convs[i] = pattern[i] == 'a' ? a : b;
+    for (unsigned r = 0; r < MANY_ROUNDS; r++) {
+        next_many(s, convs, MANY_LEN - r % 4, out, errs, 0);
+        for (size_t i = 0; i < MANY_LEN - r % 4; i++) {
+            uint64_t *last = pattern[i] == 'a' ? &last_a : &last_b;
+
+            ASSERT_EQ(errs[i], IM_OK);
+            if (out[i] != *last + 1)
+                IM__FAIL("round %u entry %zu (%c): seq %" PRIu64 " after %" PRIu64, r, i,
+                         pattern[i], out[i], *last);
+            *last = out[i];
+        }
+        if (r % 3 == 0)
+            next_n(s, a, 1 + r % 5, &last_a);
+    }
+    ASSERT_GE(reserved_upto(a), last_a);
+    ASSERT_LE(reserved_upto(a), last_a + TINY_STEP); /* one lease ahead at most */
+    ASSERT_GE(reserved_upto(b), last_b);
+    lg_seq_free(s);
+}
+
+/* Two allocators on one conv (two logic processes), one taking batches and
+ * the other single seqs, both with tiny leases: every seq once, each
+ * allocator's strictly increasing. */
+TEST(seq_next_many_with_another_allocator_no_duplicates)
+{
+    char conv[64];
+    const char *convs[7];
+    lg_seq_t *a = seq_new(rd, db, TINY_STEP), *b = seq_new(rd2, db2, TINY_STEP + 2);
+    static uint64_t all[4000];
+    uint64_t out[7], last_a = 0, last_b = 0;
+    im_err_t errs[7];
+    size_t n = 0;
+
+    conv_name(conv, sizeof(conv), "many-two");
+    for (size_t i = 0; i < 7; i++)
+        convs[i] = conv;
+    while (n + 7 + 5 <= sizeof(all) / sizeof(all[0])) {
+        size_t len = 1 + n % 7;
+
+        next_many(a, convs, len, out, errs, 0);
+        for (size_t i = 0; i < len; i++) {
+            if (out[i] <= last_a)
+                IM__FAIL("batch: seq %" PRIu64 " after %" PRIu64, out[i], last_a);
+            last_a = all[n++] = out[i];
+        }
+        for (size_t i = 0; i < 1 + n % 5; i++) {
+            next_n(b, conv, 1, &last_b);
+            all[n++] = last_b;
+        }
+    }
+    assert_unique(all, n);
+    lg_seq_free(a);
+    lg_seq_free(b);
+}
+
+/* A conv whose hash was lost, or is left from another Redis run, takes the
+ * slow path from inside a batch and continues above the committed lease. */
+TEST(seq_next_many_lost_and_stale_hashes)
+{
+    char lost[64], stale[64], live[64], key[80];
+    const char *convs[] = {live, lost, stale, lost, live, stale};
+    uint64_t out[6], d_lost, d_stale;
+    im_err_t errs[6];
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP);
+
+    conv_name(lost, sizeof(lost), "many-lost");
+    conv_name(stale, sizeof(stale), "many-stale");
+    conv_name(live, sizeof(live), "many-live");
+    for (uint64_t i = 1; i <= 4; i++) {
+        ASSERT_U64_EQ(next(s, lost), i);
+        ASSERT_U64_EQ(next(s, stale), i);
+        ASSERT_U64_EQ(next(s, live), i);
+    }
+    snprintf(key, sizeof(key), "im:seq:%s", lost);
+    redis_ok(rd, "DEL %s", key);
+    snprintf(key, sizeof(key), "im:seq:%s", stale);
+    ASSERT_EQ(im_redis_command(rd, NULL, "HSET %s n 1 c 1000 r %s", key,
+                               "0123456789012345678901234567890123456789"),
+              IM_OK);
+    d_lost = reserved_upto(lost);
+    d_stale = reserved_upto(stale);
+    next_many(s, convs, 6, out, errs, 0);
+    ASSERT_U64_EQ(out[0], 5);
+    ASSERT_U64_EQ(out[1], d_lost + 1);
+    ASSERT_U64_EQ(out[2], d_stale + 1);
+    ASSERT_U64_EQ(out[3], d_lost + 2);
+    ASSERT_U64_EQ(out[4], 6);
+    ASSERT_U64_EQ(out[5], d_stale + 2);
+    lg_seq_free(s);
+}
+
+/* A bad conv fails its own entries only (IM_EINVAL, out 0); the others get
+ * their seqs in order, a 48-byte conv included. */
+TEST(seq_next_many_bad_conv_fails_only_its_entries)
+{
+    char x[64], y[64], longest[49], too_long[50];
+    const char *convs[] = {x, "", x, too_long, longest, y, "", x, too_long};
+    const im_err_t want[] = {IM_OK, IM_EINVAL, IM_OK, IM_EINVAL, IM_OK,
+                             IM_OK, IM_EINVAL, IM_OK, IM_EINVAL};
+    const size_t n = sizeof(convs) / sizeof(convs[0]);
+    uint64_t out[sizeof(convs) / sizeof(convs[0])];
+    im_err_t errs[sizeof(convs) / sizeof(convs[0])];
+    lg_seq_t *s = seq_new(rd, db, TINY_STEP);
+    int len;
+
+    conv_name(x, sizeof(x), "bad-x");
+    conv_name(y, sizeof(y), "bad-y");
+    len = snprintf(longest, sizeof(longest), "t:%s:long:", run_tag);
+    memset(longest + len, 'l', sizeof(longest) - 1 - (size_t)len);
+    longest[48] = '\0';
+    memset(too_long, 'v', 49);
+    too_long[49] = '\0';
+    ASSERT_U64_EQ(next(s, x), 1);
+    ASSERT_U64_EQ(next(s, y), 1);
+    memset(out, 0xff, sizeof(out));
+    next_many(s, convs, n, out, errs, 4);
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i] != want[i])
+            IM__FAIL("entry %zu: %s, want %s", i, im_errname(errs[i]), im_errname(want[i]));
+        if (want[i] != IM_OK)
+            ASSERT_U64_EQ(out[i], 0);
+    }
+    ASSERT_U64_EQ(out[0], 2);
+    ASSERT_U64_EQ(out[2], 3);
+    ASSERT_U64_EQ(out[4], 1);
+    ASSERT_U64_EQ(out[5], 2);
+    ASSERT_U64_EQ(out[7], 4);
+    ASSERT_U64_EQ(next(s, x), 5);
+    /* All bad: nothing handed out, nothing else touched. */
+    next_many(s, convs + 1, 1, out, errs, 1);
+    ASSERT_EQ(errs[0], IM_EINVAL);
+    ASSERT_U64_EQ(next(s, longest), 2);
+    lg_seq_free(s);
+}
+
 TEST(seq_flushall)
 {
     char conv[64];
@@ -537,6 +751,11 @@ int main(void)
     RUN(seq_key_deleted_midstream);
     RUN(seq_stale_hash_from_other_run);
     RUN(seq_db_row_lost_under_live_redis);
+    RUN(seq_next_many_repeats_in_array_order);
+    RUN(seq_next_many_crosses_leases_mid_array);
+    RUN(seq_next_many_with_another_allocator_no_duplicates);
+    RUN(seq_next_many_lost_and_stale_hashes);
+    RUN(seq_next_many_bad_conv_fails_only_its_entries);
     RUN(seq_flushall);
     RUN(seq_redis_restart);
     RUN(cleanup);
