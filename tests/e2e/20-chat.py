@@ -8,7 +8,9 @@ RabbitMQ, MariaDB and Redis.
   - a user offline during messages reconnects and syncs exactly the missed
     ones, in order;
   - receipts and typing reach the other side;
-  - bad input gets clear error frames; the REST API's errors are JSON.
+  - bad input gets clear error frames; the REST API's errors are JSON;
+  - a burst of sends from one client is acked send by send, and reaches
+    logic in fewer SendBatch calls than sends.
 
 Usage: 20-chat.py <logic binary> <gateway binary>   (IM_STATE_DIR: infra)
 """
@@ -300,11 +302,56 @@ async def metrics_move(sys_):
            (1, 1, 1), "logic up and connected")
 
 
+BURST = 300
+
+
+async def send_burst_is_batched(sys_):
+    """One client sending 300 messages without waiting for acks: 300 acks,
+    one per cid, each a distinct message of the conversation, the peer gets
+    each once, and the gateway made fewer SendBatch calls to logic than there
+    were sends (the sends read in one loop turn share one call)."""
+    a, b = sys_.signup("burst"), sys_.signup("burst")
+    gw = sys_.gateways[0]
+    async with sys_.ws(0, a) as wa, sys_.ws(1, b) as wb:
+        await ready(wa)
+        await ready(wb)
+        before = gw.metrics()
+        cids = ["bu-%d" % i for i in range(BURST)]
+        for cid in cids:
+            await send(wa, cid, "burst " + cid, user=b["id"])
+        acks = {}
+        while len(acks) < BURST:
+            ack = await recv_type(wa, "ack")
+            true(ack["cid"] not in acks, "a second ack for %r" % ack["cid"])
+            acks[ack["cid"]] = ack
+        eq(sorted(acks), sorted(cids), "one ack per cid")
+        eq(len({x["id"] for x in acks.values()}), BURST, "distinct message ids")
+        eq(len({x["seq"] for x in acks.values()}), BURST, "distinct seqs")
+        eq({x["conv"] for x in acks.values()}, {acks[cids[0]]["conv"]}, "one conversation")
+        true(not any(x.get("duplicate") for x in acks.values()), "no ack is a duplicate")
+        got = {}
+        while len(got) < BURST:
+            m = await recv_type(wb, "msg")
+            true(m["id"] not in got, "message %s delivered twice" % m["id"])
+            got[m["id"]] = m["body"]
+        eq(got, {x["id"]: "burst " + c for c, x in acks.items()}, "the peer got each message")
+        await nothing(wa)
+        after = gw.metrics()
+    sends = after["im_gateway_sends_total"] - before["im_gateway_sends_total"]
+    batches = after["im_gateway_send_batches_total"] - before["im_gateway_send_batches_total"]
+    eq(sends, BURST, "gateway sends counted")
+    eq(after["im_gateway_acks_total"] - before["im_gateway_acks_total"], BURST, "gateway acks")
+    eq(after["im_gateway_send_errors_total"], before["im_gateway_send_errors_total"],
+       "no send errors")
+    true(1 <= batches < sends, "SendBatch calls %r for %r sends: not batched" % (batches, sends))
+    print("     %d sends in %d SendBatch calls" % (sends, batches), flush=True)
+
+
 def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
         for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
-                     deleted_account, connect_storm, metrics_move):
+                     deleted_account, connect_storm, metrics_move, send_burst_is_batched):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
 
