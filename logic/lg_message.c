@@ -19,6 +19,7 @@
 #define CONV_MAX 48
 #define KEY_MAX (32 + 20 + LG_CLIENT_MSG_ID_MAX)
 #define RECORD_MAX 128
+#define FIND_SIZES 3 /* prepared sizes of the batched dedup lookup */
 
 /* Users known to exist, so a direct send need not ask MySQL each time.
  * Direct-mapped; an entry is trusted for USER_CACHE_MS (users are never
@@ -86,7 +87,7 @@ struct lg_message_s {
     im_redis_script_t claim;
     user_cache_t users; /* recipients known to exist */
     lg_target_t target;
-    im_mysql_stmt_t *find_sent;
+    im_mysql_stmt_t *find_sent[FIND_SIZES]; /* prepared on first use */
     im_mysql_stmt_t *newest;
 };
 
@@ -95,9 +96,6 @@ static const struct {
     const char *sql;
 } statements[] = {
     {offsetof(lg_message_t, newest), "SELECT COALESCE(MAX(id), 0) FROM messages"},
-    {offsetof(lg_message_t, find_sent),
-     "SELECT id, conv_id, seq, created_at_ms FROM messages "
-     "WHERE sender_id = ? AND client_msg_id = ?"},
 };
 
 lg_message_shared_t *lg_message_shared_new(const lg_message_config_t *cfg)
@@ -173,6 +171,8 @@ void lg_message_free(lg_message_t *m)
         return;
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++)
         im_mysql_stmt_free(*(im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset));
+    for (size_t k = 0; k < FIND_SIZES; k++)
+        im_mysql_stmt_free(m->find_sent[k]);
     lg_target_free(&m->target);
     im_free(m);
 }
@@ -472,44 +472,103 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     im_free(args);
 }
 
+/* The lookup of find_stored_all() for n (sender, client_msg_id) pairs, n one
+ * of FIND_SIZES (unused places repeat the first pair): prepared on first use. */
+static const size_t find_sizes[FIND_SIZES] = {1, 8, 64};
+
+static im_mysql_stmt_t *find_stmt(lg_message_t *m, size_t k)
+{
+    char sql[64 * 8 + 256];
+    size_t n;
+
+    if (m->find_sent[k] != NULL)
+        return m->find_sent[k];
+    n = (size_t)snprintf(sql, sizeof(sql),
+                         "SELECT id, conv_id, seq, created_at_ms, sender_id, client_msg_id "
+                         "FROM messages WHERE (sender_id, client_msg_id) IN (");
+    for (size_t i = 0; i < find_sizes[k]; i++)
+        n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s(?,?)", i ? "," : "");
+    snprintf(sql + n, sizeof(sql) - n, ")");
+    if (im_mysql_prepare(m->db, sql, &m->find_sent[k]) != IM_OK)
+        m->find_sent[k] = NULL;
+    return m->find_sent[k];
+}
+
+/* Looks up the sends at[0..n) (n <= the largest FIND_SIZES) in the table:
+ * each one found becomes a duplicate answer.  Returns the query's result. */
+static im_err_t find_chunk(lg_message_t *m, item_t **at, size_t n)
+{
+    size_t k = 0;
+    im_mysql_stmt_t *st;
+    im_err_t rc;
+
+    while (find_sizes[k] < n)
+        k++;
+    if ((st = find_stmt(m, k)) == NULL)
+        return IM_EIO;
+    for (size_t i = 0; i < find_sizes[k]; i++) {
+        const Im__V1__SendRequest *req = at[i < n ? i : 0]->req;
+
+        im_mysql_bind_u64(st, (unsigned)(2 * i), req->sender);
+        im_mysql_bind_str(st, (unsigned)(2 * i + 1), req->client_msg_id,
+                          strlen(req->client_msg_id));
+    }
+    rc = im_mysql_stmt_exec(st);
+    while (rc == IM_OK && (rc = im_mysql_stmt_next(st)) == IM_OK) {
+        uint64_t sender = im_mysql_col_u64(st, 4);
+        const char *cmid = im_mysql_col_str(st, 5, NULL);
+
+        for (size_t i = 0; i < n; i++) {
+            item_t *it = at[i];
+
+            if (it->dup || it->req->sender != sender || strcmp(it->req->client_msg_id, cmid))
+                continue;
+            it->dup = true;
+            snprintf(it->conv, sizeof(it->conv), "%s", im_mysql_col_str(st, 1, NULL));
+            it->resp.id = im_mysql_col_u64(st, 0);
+            it->resp.conv = it->conv;
+            it->resp.seq = im_mysql_col_u64(st, 2);
+            it->resp.created_at_ms = im_mysql_col_i64(st, 3);
+            it->resp.duplicate = true;
+        }
+    }
+    return rc == IM_ENOENT ? IM_OK : rc;
+}
+
 /* The Redis keys may have been lost: the table's unique key is the fallback
- * for every claimed send.  Those found are answered as duplicates; on a
- * database error they are refused. */
+ * for every claimed send, looked up FIND_SIZES-wise.  Those found are answered
+ * as duplicates; on a database error they are refused.  Either way their
+ * keys are released. */
 static void find_stored_all(lg_message_t *m, batch_t *b)
 {
+    size_t max = find_sizes[FIND_SIZES - 1], n = 0;
+    item_t **at = im_malloc(max * sizeof(*at));
     bool *release = im_calloc(b->n, sizeof(*release));
-    im_mysql_stmt_t *st = m->find_sent;
     char msg[256];
 
-    for (size_t i = 0; i < b->n; i++) {
-        item_t *it = &b->items[i];
+    for (size_t i = 0; i <= b->n; i++) {
+        im_rpc_code_t code = IM_RPC_OK;
         im_err_t rc;
 
-        if (!it->go)
+        if (i < b->n && b->items[i].go)
+            at[n++] = &b->items[i];
+        if (n == 0 || (n < max && i < b->n))
             continue;
-        im_mysql_bind_u64(st, 0, it->req->sender);
-        im_mysql_bind_str(st, 1, it->req->client_msg_id, strlen(it->req->client_msg_id));
-        rc = im_mysql_stmt_exec(st);
-        if (rc == IM_OK)
-            rc = im_mysql_stmt_next(st);
-        if (rc == IM_ENOENT)
-            continue;
-        release[i] = true;
-        if (rc != IM_OK) {
-            refuse(b->sh, it, lg__db_status(m->db, rc, "send: dedup", msg, sizeof(msg)), msg);
-            continue;
+        rc = find_chunk(m, at, n);
+        if (rc != IM_OK)
+            code = lg__db_status(m->db, rc, "send: dedup", msg, sizeof(msg));
+        for (size_t j = 0; j < n; j++) {
+            if (rc != IM_OK)
+                refuse(b->sh, at[j], code, msg);
+            else if (at[j]->dup)
+                at[j]->go = false;
+            release[at[j] - b->items] = rc != IM_OK || at[j]->dup;
         }
-        it->go = false;
-        it->dup = true;
-        snprintf(it->conv, sizeof(it->conv), "%s", im_mysql_col_str(st, 1, NULL));
-        it->resp.id = im_mysql_col_u64(st, 0);
-        it->resp.conv = it->conv;
-        it->resp.seq = im_mysql_col_u64(st, 2);
-        it->resp.created_at_ms = im_mysql_col_i64(st, 3);
-        it->resp.duplicate = true;
+        n = 0;
     }
     release_keys(m->redis, b, release);
     im_free(release);
+    im_free(at);
 }
 
 /* ------------------------------------------------------------ confirm */
