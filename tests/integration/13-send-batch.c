@@ -44,7 +44,7 @@ static char fanout_queue[64], gw_a[48], gw_b[48];
 static unsigned serial;
 
 /* Method numbers, in proto/im.proto order. */
-enum { SIGNUP };
+enum { SIGNUP, LOGIN, VERIFY_TOKEN, DELETE_ACCOUNT };
 enum { CREATE, JOIN };
 enum { SEND, SEND_BATCH = 6 };
 enum { ONLINE };
@@ -103,6 +103,19 @@ static void join(uint64_t user, uint64_t group)
     req.user_id = user;
     req.group_id = group;
     ASSERT_EQ(call(&im__v1__group__descriptor, JOIN, &req.base, &resp, msg, sizeof(msg)),
+              IM_RPC_OK);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+static void delete_account(uint64_t user)
+{
+    Im__V1__DeleteAccountRequest req = IM__V1__DELETE_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    char msg[256];
+
+    req.user_id = user;
+    req.password = "password1";
+    ASSERT_EQ(call(&im__v1__auth__descriptor, DELETE_ACCOUNT, &req.base, &resp, msg, sizeof(msg)),
               IM_RPC_OK);
     protobuf_c_message_free_unpacked(resp, NULL);
 }
@@ -400,7 +413,7 @@ TEST(empty_batch_gets_no_results)
 TEST(mixed_batch_answers_each_send_as_send_would)
 {
     uint64_t a = new_user("mix"), b = new_user("mix"), eve = new_user("mix");
-    uint64_t g = new_group(a);
+    uint64_t gone = new_user("mix"), g = new_group(a);
     batch_t *bt = batch_new(16);
     Im__V1__SendBatchResponse *r;
     const Im__V1__SendResponse *ok_direct, *ok_group;
@@ -419,23 +432,26 @@ TEST(mixed_batch_answers_each_send_as_send_would)
         {8, IM_RPC_NOT_FOUND, "unknown_group: "},
         {9, IM_RPC_INVALID_ARGUMENT, "body_too_large: "},
         {10, IM_RPC_INVALID_ARGUMENT, "bad_sender: "},
+        {12, IM_RPC_PERMISSION_DENIED, "user_deleted: "},
     };
     char big[5000];
 
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    batch_add(bt, a, b, 0, "mx-0", "hello b");                /* 0 ok */
-    batch_add(bt, a, b, 0, "mx-1", "");                       /* 1 */
-    batch_add(bt, a, b, 0, "mx-2", "bad \xc3\x28 utf8");      /* 2 */
-    batch_add(bt, a, UNKNOWN_ID, 0, "mx-3", "nobody");        /* 3 */
-    batch_add(bt, a, 0, g, "mx-4", "hello group");            /* 4 ok */
-    batch_add(bt, eve, 0, g, "mx-5", "let me in");            /* 5 */
-    batch_add(bt, a, b, 0, "mx 6", "space in the cid");       /* 6 */
-    batch_add(bt, a, 0, 0, "mx-7", "to nobody");              /* 7 */
-    batch_add(bt, a, 0, UNKNOWN_ID, "mx-8", "no such group"); /* 8 */
-    batch_add(bt, a, b, 0, "mx-9", big);                      /* 9 */
-    batch_add(bt, 0, b, 0, "mx-10", "from nobody");           /* 10 */
-    batch_add(bt, b, a, 0, "mx-11", "hello a");               /* 11 ok */
+    batch_add(bt, a, b, 0, "mx-0", "hello b");                 /* 0 ok */
+    batch_add(bt, a, b, 0, "mx-1", "");                        /* 1 */
+    batch_add(bt, a, b, 0, "mx-2", "bad \xc3\x28 utf8");       /* 2 */
+    batch_add(bt, a, UNKNOWN_ID, 0, "mx-3", "nobody");         /* 3 */
+    batch_add(bt, a, 0, g, "mx-4", "hello group");             /* 4 ok */
+    batch_add(bt, eve, 0, g, "mx-5", "let me in");             /* 5 */
+    batch_add(bt, a, b, 0, "mx 6", "space in the cid");        /* 6 */
+    batch_add(bt, a, 0, 0, "mx-7", "to nobody");               /* 7 */
+    batch_add(bt, a, 0, UNKNOWN_ID, "mx-8", "no such group");  /* 8 */
+    batch_add(bt, a, b, 0, "mx-9", big);                       /* 9 */
+    batch_add(bt, 0, b, 0, "mx-10", "from nobody");            /* 10 */
+    batch_add(bt, b, a, 0, "mx-11", "hello a");                /* 11 ok */
+    batch_add(bt, gone, a, 0, "mx-12", "from a deleted user"); /* 12 */
+    delete_account(gone);
     r = send_batch_ok(bt);
     ok_direct = accepted(r, 0);
     ok_group = accepted(r, 4);
