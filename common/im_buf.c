@@ -53,6 +53,7 @@ struct im_bufpool_s {
     size_t nclasses;
     bufclass_t classes[IM_BUF_MAX_CLASSES];
     atomic_uint_least64_t oversize; /* no class lock covers it */
+    atomic_uint_least64_t heap;
 };
 
 static const im_bufpool_config_t default_config = {
@@ -178,6 +179,7 @@ im_bufpool_t *im_bufpool_new(const im_bufpool_config_t *cfg)
     pool = im_calloc(1, sizeof(*pool));
     pool->nclasses = cfg->nclasses;
     atomic_init(&pool->oversize, 0);
+    atomic_init(&pool->heap, 0);
     for (size_t i = 0; i < cfg->nclasses; i++)
         class_init(pool, &pool->classes[i], &cfg->classes[i]);
     return pool;
@@ -247,6 +249,27 @@ im_buf_t *im_buf_alloc(im_bufpool_t *pool, size_t payload_size)
     return b;
 }
 
+#define HEAP_CLASS UINT32_MAX /* cls of a buffer from im_malloc */
+
+im_buf_t *im_buf_alloc_any(im_bufpool_t *pool, size_t payload_size)
+{
+    im_buf_t *b = im_buf_alloc(pool, payload_size);
+
+    if (b != NULL)
+        return b;
+    if (payload_size > IM_BUF_SIZE_LIMIT)
+        return NULL;
+    b = im_malloc(HDR_SIZE + IM_BUF_HEADROOM + payload_size);
+    atomic_init(&b->refs, 1);
+    b->cls = HEAP_CLASS;
+    b->len = 0;
+    b->cap = payload_size;
+    b->pool = pool;
+    b->next_free = NULL;
+    atomic_fetch_add_explicit(&pool->heap, 1, memory_order_relaxed);
+    return b;
+}
+
 /* Relaxed is enough: the caller already holds a reference, so the buffer
  * cannot be released concurrently, and handing the new reference to another
  * thread is synchronised by whatever does the handing. */
@@ -272,7 +295,9 @@ void im_buf_unref(im_buf_t *b)
         return;
     prev = atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel);
     assert(prev > 0 && "im_buf_unref of a released buffer");
-    if (prev == 1)
+    if (prev == 1 && b->cls == HEAP_CLASS)
+        im_free(b);
+    else if (prev == 1)
         class_put(&b->pool->classes[b->cls], b);
 }
 
@@ -340,4 +365,5 @@ void im_bufpool_stats(const im_bufpool_t *pool, im_bufpool_stats_t *out)
         out->exhausted += cs->exhausted;
     }
     out->oversize = atomic_load_explicit(&pool->oversize, memory_order_relaxed);
+    out->heap = atomic_load_explicit(&pool->heap, memory_order_relaxed);
 }

@@ -105,6 +105,7 @@ typedef struct im_bufpool_stats_s {
     size_t bytes;       /* sum over classes */
     uint64_t exhausted; /* sum over classes */
     uint64_t oversize;  /* requests larger than the largest class */
+    uint64_t heap;      /* buffers im_buf_alloc_any took from the heap instead */
 } im_bufpool_stats_t;
 
 /* Fills cfg with the defaults, for callers that want to tune a few fields:
@@ -132,6 +133,14 @@ void im_bufpool_free(im_bufpool_t *pool);
  * payload_size is above the largest class (see the top of this file).
  * Never calls malloc unless the class has to grow.  Any thread. */
 im_buf_t *im_buf_alloc(im_bufpool_t *pool, size_t payload_size);
+
+/* As im_buf_alloc, but when the fitting class is exhausted or payload_size is
+ * above the largest class, a buffer from im_malloc (counted in `heap`, also
+ * in `exhausted` or `oversize`), freed by its last im_buf_unref.  For callers
+ * whose memory is bounded elsewhere (the gateway's per-connection send queue
+ * limit), so a full pool slows them instead of losing a frame.  NULL only
+ * when payload_size is above IM_BUF_SIZE_LIMIT.  Any thread. */
+im_buf_t *im_buf_alloc_any(im_bufpool_t *pool, size_t payload_size);
 
 /* Adds a reference to b (which the caller holds) and returns b, so a
  * fan-out loop reads queue_push(conn, im_buf_ref(b)).  Any thread. */

@@ -49,7 +49,7 @@ static im_err_t send_simple(gw_t *gw, gw_session_t *s, const im_json_t *doc, int
 
     if (code != NULL)
         cap += strlen(code) + 6 * strlen(message);
-    if ((b = im_buf_alloc(gw->pool, cap)) == NULL)
+    if ((b = im_buf_alloc_any(gw->pool, cap)) == NULL)
         return IM_EFULL;
     im_jw_init(&w, im_buf_data(b), im_buf_cap(b), 0);
     im_jw_obj_begin(&w);

@@ -105,7 +105,9 @@ static void render_pool(const im_bufpool_stats_t *pool, gw_sb_t *out)
     head(out, "im_gateway_bufpool_bytes", "gauge", "Memory held by the frame buffer pool.");
     gw_sb_printf(out, "im_gateway_bufpool_bytes %zu\n", pool->bytes);
     counter(out, "im_gateway_bufpool_exhausted_total",
-            "Buffer allocations refused because a size class was full.", pool->exhausted);
+            "Buffer allocations a full size class could not serve.", pool->exhausted);
+    counter(out, "im_gateway_bufpool_heap_total",
+            "Frames allocated from the heap because their size class was full.", pool->heap);
 }
 
 void gw_metrics_render(const gw_metrics_t *m, size_t open, const im_bufpool_stats_t *pool,

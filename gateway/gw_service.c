@@ -171,7 +171,7 @@ void gw__reply_error(gw_service_t *svc, const gw_call_t *c)
 
 im_buf_t *gw__buf_begin(gw_service_t *svc, size_t cap, im_jw_t *w)
 {
-    im_buf_t *b = im_buf_alloc(gw_pool(svc->gw), cap);
+    im_buf_t *b = im_buf_alloc_any(gw_pool(svc->gw), cap);
 
     if (b == NULL) {
         im_log_warn("service: no %zu-byte buffer: a frame is dropped", cap);
@@ -181,22 +181,30 @@ im_buf_t *gw__buf_begin(gw_service_t *svc, size_t cap, im_jw_t *w)
     return b;
 }
 
-im_buf_t *gw__buf_finish(im_buf_t *b, im_jw_t *w)
+/* Frames are begun with room for the worst case (every byte escaped) and
+ * usually need far less: one that fits a smaller size class moves there, so
+ * frames queued to slow readers hold small buffers, not 4 KiB ones. */
+im_buf_t *gw__buf_finish(gw_service_t *svc, im_buf_t *b, im_jw_t *w)
 {
     size_t len = 0;
     im_err_t rc = im_jw_finish(w, &len);
+    im_buf_t *small;
 
     if (rc != IM_OK || im_buf_set_len(b, len) != IM_OK) {
         im_log_warn("service: encoding a frame: %s", im_strerror(rc));
         im_buf_unref(b);
         return NULL;
     }
-    return b;
+    if (len * 4 > im_buf_cap(b) || (small = im_buf_alloc(gw_pool(svc->gw), len)) == NULL)
+        return b;
+    im_buf_append(small, im_buf_data(b), len);
+    im_buf_unref(b);
+    return small;
 }
 
 void gw__buf_send(gw_service_t *svc, uint64_t session_id, im_buf_t *b, im_jw_t *w)
 {
-    if ((b = gw__buf_finish(b, w)) != NULL) {
+    if ((b = gw__buf_finish(svc, b, w)) != NULL) {
         gw_session_send(svc->gw, session_id, b);
         im_buf_unref(b);
     }
@@ -214,7 +222,7 @@ im_buf_t *gw__msg_frame(gw_service_t *svc, const Im__V1__ChatMessage *m)
     im_jw_cstr(&w, "msg");
     gw__jw_msg_fields(&w, m);
     im_jw_obj_end(&w);
-    return gw__buf_finish(b, &w);
+    return gw__buf_finish(svc, b, &w);
 }
 
 void gw__jw_id(im_jw_t *w, const char *key, uint64_t id)
@@ -343,7 +351,7 @@ static void session_ready(gw_service_t *svc, gw_sess_t *s)
     if (--s->pending > 0)
         return;
     n = snprintf(frame, sizeof(frame), "{\"type\":\"ready\",\"user\":\"%" PRIu64 "\"}", s->user);
-    if ((b = im_buf_alloc(gw_pool(svc->gw), (size_t)n)) == NULL)
+    if ((b = im_buf_alloc_any(gw_pool(svc->gw), (size_t)n)) == NULL)
         return;
     im_buf_append(b, frame, (size_t)n);
     gw_session_send(svc->gw, s->id, b);
@@ -556,7 +564,7 @@ static void deliver_receipt(gw_service_t *svc, const Im__V1__Delivery *d)
     im_jw_key(&w, "ts");
     im_jw_int64(&w, r->at_ms);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) == NULL)
+    if ((b = gw__buf_finish(svc, b, &w)) == NULL)
         return;
     fan_out(svc, d, group, b, 0, 0);
     im_buf_unref(b);
@@ -582,7 +590,7 @@ static void deliver_typing(gw_service_t *svc, const Im__V1__Delivery *d)
     im_jw_cstr(&w, t->conv);
     gw__jw_id(&w, "user", t->user_id);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) == NULL)
+    if ((b = gw__buf_finish(svc, b, &w)) == NULL)
         return;
     fan_out(svc, d, group, b, 0, t->user_id);
     im_buf_unref(b);
@@ -607,7 +615,7 @@ static void deliver_presence(gw_service_t *svc, const Im__V1__Delivery *d)
     im_jw_key(&w, "ts");
     im_jw_int64(&w, p->at_ms);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) == NULL)
+    if ((b = gw__buf_finish(svc, b, &w)) == NULL)
         return;
     fan_out(svc, d, d->group_id, b, 0, p->user_id);
     im_buf_unref(b);
@@ -639,7 +647,7 @@ static void deliver_group_event(gw_service_t *svc, const Im__V1__Delivery *d)
     im_jw_key(&w, "joined");
     im_jw_bool(&w, e->joined);
     im_jw_obj_end(&w);
-    if ((b = gw__buf_finish(b, &w)) == NULL)
+    if ((b = gw__buf_finish(svc, b, &w)) == NULL)
         return;
     gw_user_send(svc->gw, e->user_id, b);
     im_buf_unref(b);
@@ -696,7 +704,7 @@ static void resync_task(gw_t *gw, void *arg)
 {
     gw_service_t *svc = arg;
     static const char frame[] = "{\"type\":\"resync\"}";
-    im_buf_t *b = im_buf_alloc(gw_pool(gw), sizeof(frame));
+    im_buf_t *b = im_buf_alloc_any(gw_pool(gw), sizeof(frame));
     uint64_t key;
     void *val;
 

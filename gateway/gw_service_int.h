@@ -127,7 +127,7 @@ void gw__reply_error(gw_service_t *svc, const gw_call_t *c);
  * buffer of at least cap bytes (NULL when the pool is empty), finish sets its
  * length and returns it (NULL and unref on a writer error). */
 im_buf_t *gw__buf_begin(gw_service_t *svc, size_t cap, im_jw_t *w);
-im_buf_t *gw__buf_finish(im_buf_t *b, im_jw_t *w);
+im_buf_t *gw__buf_finish(gw_service_t *svc, im_buf_t *b, im_jw_t *w);
 /* gw__buf_finish, then queues the frame to the session and drops our ref. */
 void gw__buf_send(gw_service_t *svc, uint64_t session_id, im_buf_t *b, im_jw_t *w);
 

@@ -251,6 +251,43 @@ TEST(len_and_append)
 
 /* ---- exhaustion ---- */
 
+/* im_buf_alloc_any: a full class or an oversize request is served from the
+ * heap, counted, and freed by the last unref (ASan checks the free); the
+ * pool's own buffers are unaffected. */
+TEST(alloc_any_falls_back_to_heap)
+{
+    static const size_t sizes[] = {64};
+    im_bufpool_t *pool = small_pool(sizes, 1, 2, 2);
+    im_buf_t *a = im_buf_alloc_any(pool, 10), *b = im_buf_alloc_any(pool, 10);
+    im_buf_t *heap, *big;
+    im_bufpool_stats_t st;
+
+    ASSERT_NOT_NULL(a);
+    ASSERT_NOT_NULL(b);
+    ASSERT_NULL(im_buf_alloc(pool, 10)); /* the class is full */
+    heap = im_buf_alloc_any(pool, 10);
+    big = im_buf_alloc_any(pool, 5000);
+    ASSERT_NOT_NULL(heap);
+    ASSERT_NOT_NULL(big);
+    ASSERT_GE(im_buf_cap(big), 5000);
+    memset(im_buf_data(big) - IM_BUF_HEADROOM, 'x', IM_BUF_HEADROOM + 5000);
+    ASSERT_EQ(im_buf_append(heap, "hello", 5), IM_OK);
+    ASSERT_EQ(im_buf_len(heap), 5);
+    ASSERT_NULL(im_buf_alloc_any(pool, IM_BUF_SIZE_LIMIT + 1));
+    im_bufpool_stats(pool, &st);
+    ASSERT_U64_EQ(st.heap, 2);
+    ASSERT_EQ(st.in_use, 2); /* heap buffers are not the pool's */
+    im_buf_ref(heap);
+    im_buf_unref(heap);
+    im_buf_unref(heap);
+    im_buf_unref(big);
+    im_buf_unref(a);
+    im_buf_unref(b);
+    im_bufpool_stats(pool, &st);
+    ASSERT_EQ(st.in_use, 0);
+    im_bufpool_free(pool);
+}
+
 TEST(exhaustion_null_counted_and_recovers)
 {
     static const size_t sizes[] = {64, 128};
@@ -743,6 +780,7 @@ int main(void)
     RUN(headroom_aligned_and_writable);
     RUN(len_and_append);
     RUN(exhaustion_null_counted_and_recovers);
+    RUN(alloc_any_falls_back_to_heap);
     RUN(refcount_returns_on_last_unref_only);
     RUN(grows_in_slabs_up_to_max_never_shrinks);
     RUN(no_malloc_in_steady_state);
