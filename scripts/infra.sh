@@ -354,10 +354,16 @@ start_mariadb() {
     fi
     # skip-name-resolve: connections match 'im'@'127.0.0.1' (TCP) or 'im'@'localhost'
     # (socket) without a reverse DNS lookup per connect.
+    # The InnoDB defaults (128 MiB buffer pool, 96 MiB redo log) make MariaDB flush
+    # and fsync pages constantly once the messages table outgrows the pool;
+    # IM_MARIADB_OPTS replaces these sizes (durability settings stay the defaults:
+    # every commit is on disk).
+    # shellcheck disable=SC2086
     spawn mariadb "$MDB/mariadbd.log" mariadbd --no-defaults --datadir="$MDB/data" \
         --socket="$MYSQL_SOCKET" --port="$MYSQL_PORT" --bind-address=127.0.0.1 --user=root \
         --skip-name-resolve \
-        --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci
+        --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
+        ${IM_MARIADB_OPTS---innodb-buffer-pool-size=1G --innodb-log-file-size=512M}
 }
 
 wait_mariadb() {
