@@ -2,8 +2,12 @@
  * bm_ws_db.c - db mode: the database side of a run.
  *
  * First the existing dbreport binary (next to this one, or --dbreport) runs
- * against the same MariaDB and its table is kept for the report: the store's
- * raw capacity, single-row against batched.  Then the run is a direct-mode
+ * against the same MariaDB and RabbitMQ (the state dir's env) and its output
+ * is kept for the report: single-row autocommit, the raw multi-row bulk
+ * insert ceiling, the store's batched path, the real writer draining a
+ * RabbitMQ backlog, and the broker's confirmed persistent publish rate.  Its
+ * "dbreport-summary:" line goes into the JSON output as numbers.  Then the
+ * run is a direct-mode
  * load, while a thread counts the run's rows in `messages` (ids are
  * snowflakes, so "id >= the first id of this second" selects them with a
  * primary-key range) every 200 ms: acked messages stored per second is the
@@ -245,7 +249,9 @@ void bm__db_text(void)
     db_res_t r = results();
     double load_s = (double)(B.t_load1 - B.t_load0) / 1e9;
 
-    printf("\ndb: dbreport (MariaDB store capacity), exit %d:\n%s", B.dbreport_rc,
+    printf("\ndb: dbreport (MariaDB and RabbitMQ raw limits, the store, the writer's drain), "
+           "exit %d:\n%s",
+           B.dbreport_rc,
            B.dbreport_out ? B.dbreport_out : "(not run)\n");
     printf("db: the writer under this load (rows of this run in `messages`, polled every %d ms)\n",
            POLL_MS);
@@ -261,6 +267,72 @@ void bm__db_text(void)
         printf("  drained        NOT everything acked was stored by the end of the drain\n");
 }
 
+/* True when v[0..len) is a JSON number without exponent (what dbreport prints
+ * with %.Nf): -?(0|[1-9][0-9]*)(.[0-9]+)? */
+static int is_json_number(const char *v, size_t len)
+{
+    size_t i = len > 0 && v[0] == '-' ? 1 : 0, start = i, frac;
+
+    while (i < len && v[i] >= '0' && v[i] <= '9')
+        i++;
+    if (i == start || (v[start] == '0' && i - start > 1))
+        return 0;
+    if (i < len && v[i] == '.') {
+        frac = ++i;
+        while (i < len && v[i] >= '0' && v[i] <= '9')
+            i++;
+        if (i == frac)
+            return 0;
+    }
+    return i == len;
+}
+
+static void jw_value(im_jw_t *w, const char *v, size_t len)
+{
+    if (is_json_number(v, len))
+        im_jw_number(w, v, len);
+    else
+        im_jw_str(w, v, len);
+}
+
+/* dbreport's "dbreport-summary: k=v k=v ..." line as a JSON object (null when
+ * dbreport did not print one).  drain_reason, when present, is the last key
+ * and its value is the rest of the line. */
+static void jw_dbreport_summary(im_jw_t *w)
+{
+    static const char tag[] = "\ndbreport-summary:";
+    const char *line = B.dbreport_out ? strstr(B.dbreport_out, tag) : NULL, *p, *end;
+
+    if (line == NULL) {
+        im_jw_null(w);
+        return;
+    }
+    line += sizeof(tag) - 1;
+    end = strchr(line, '\n');
+    if (end == NULL)
+        end = line + strlen(line);
+    im_jw_obj_begin(w);
+    for (p = line; p < end;) {
+        const char *key, *eq, *val, *stop;
+
+        while (p < end && *p == ' ')
+            p++;
+        key = p;
+        eq = memchr(p, '=', (size_t)(end - p));
+        if (eq == NULL || eq == key)
+            break;
+        val = eq + 1;
+        if (eq - key == 12 && strncmp(key, "drain_reason", 12) == 0)
+            stop = end;
+        else if ((stop = memchr(val, ' ', (size_t)(end - val))) == NULL)
+            stop = end;
+        im_jw_keyn(w, key, (size_t)(eq - key));
+        jw_value(w, val, (size_t)(stop - val));
+        p = stop;
+    }
+    im_jw_obj_end(w);
+}
+
 void bm__db_json(void *arg)
 {
     im_jw_t *w = arg;
@@ -270,6 +342,8 @@ void bm__db_json(void *arg)
     im_jw_int64(w, B.dbreport_rc);
     im_jw_key(w, "dbreport_output");
     im_jw_cstr(w, B.dbreport_out ? B.dbreport_out : "");
+    im_jw_key(w, "dbreport");
+    jw_dbreport_summary(w);
     im_jw_key(w, "stored");
     im_jw_uint64(w, r.stored);
     im_jw_key(w, "stored_at_load_end");
