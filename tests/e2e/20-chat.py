@@ -303,6 +303,7 @@ async def metrics_move(sys_):
 
 
 BURST = 300
+GROUP_BURST = 100
 
 
 async def send_burst_is_batched(sys_):
@@ -345,6 +346,33 @@ async def send_burst_is_batched(sys_):
        "no send errors")
     true(1 <= batches < sends, "SendBatch calls %r for %r sends: not batched" % (batches, sends))
     print("     %d sends in %d SendBatch calls" % (sends, batches), flush=True)
+    # A group burst: the batch's messages reach the group's key as one
+    # delivery, which every member's gateway unpacks; the sender's other
+    # device gets them too, the sending one only its acks.
+    owner, member = sys_.signup("burst"), sys_.signup("burst")
+    status, body = sys_.api("POST", "/api/v1/groups", {"name": "burst"}, owner["token"])
+    eq(status, 201, "create group (%r)" % body)
+    gid = body["group"]["id"]
+    status, _ = sys_.api("POST", "/api/v1/groups/%s/join" % gid, None, member["token"], gw=1)
+    eq(status, 200, "member joins")
+    async with sys_.ws(0, owner) as o1, sys_.ws(1, owner) as o2, sys_.ws(1, member) as m:
+        for ws in (o1, o2, m):
+            await ready(ws)
+        for i in range(GROUP_BURST):
+            await send(o1, "gb-%d" % i, "group burst %d" % i, group=gid)
+        acks = {}
+        while len(acks) < GROUP_BURST:
+            ack = await recv_type(o1, "ack")
+            acks[ack["cid"]] = ack["id"]
+        eq(sorted(acks), sorted("gb-%d" % i for i in range(GROUP_BURST)), "group acks")
+        for ws, who in ((m, "member"), (o2, "owner's other device")):
+            got = []
+            while len(got) < GROUP_BURST:
+                f = await recv_type(ws, "msg")
+                eq(f["to"], {"group": gid}, "group msg to")
+                got.append(f["id"])
+            eq(sorted(got), sorted(acks.values()), "the group burst reached the %s once" % who)
+        await nothing(o1)
 
 
 def main():
