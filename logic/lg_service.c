@@ -18,6 +18,7 @@
 
 /* Shortest --jwt-secret accepted: HS256 keys shorter than the hash are weak. */
 #define SECRET_MIN 32
+#define LG_WRITER_KNOWN_CONVS 65536 /* user_convs rows the writer remembers (1 MiB) */
 
 /* The writer's database side, used only on the writer thread: connected
  * lazily, so a database that is down at start-up is just a failed flush that
@@ -48,12 +49,14 @@ static im_err_t writer_flush(void *arg, Im__V1__ChatMessage *const *msgs, size_t
     im_err_t rc;
 
     if (w->db == NULL) {
+        lg_store_config_t scfg = {.known_convs = LG_WRITER_KNOWN_CONVS};
+
         w->db = im_mysql_connect(&w->cfg, err, sizeof(err));
         if (w->db == NULL) {
             im_log_warn("writer: mysql connect failed: %s", err);
             return IM_EUNAVAIL;
         }
-        w->store = lg_store_new(w->db, NULL);
+        w->store = lg_store_new(w->db, &scfg);
     }
     rc = lg_store_insert_batch(w->store, (const Im__V1__ChatMessage *const *)msgs, n, &res);
     if (rc == IM_OK && res.conflicts)

@@ -11,6 +11,7 @@
 
 #include "im_alloc.h"
 #include "im_log.h"
+#include "im_time.h"
 
 #define TABLE_MAX     64 /* MySQL's identifier limit */
 #define SHAPES        11 /* chunk sizes 1, 2, 4, ... LG_STORE_MAX_ROWS */
@@ -37,6 +38,12 @@ struct lg_store_s {
     im_mysql_stmt_t *verify[SHAPES];
     im_mysql_stmt_t *convs[SHAPES];
     im_mysql_stmt_t *find, *count, *max_seq, *sync, *history;
+    /* user_convs rows known to be committed: key (never 0) and until when it
+     * is trusted (mono ms); known_mask + 1 entries, or none. */
+    struct {
+        uint64_t key, until_ms;
+    } *known;
+    size_t known_mask;
 };
 
 static bool valid_table(const char *name)
@@ -62,6 +69,14 @@ lg_store_t *lg_store_new(im_mysql_t *db, const lg_store_config_t *cfg)
     }
     s = im_calloc(1, sizeof(*s));
     s->db = db;
+    if (cfg != NULL && cfg->known_convs > 0) {
+        size_t cap = 1;
+
+        while (cap < cfg->known_convs && cap < ((size_t)1 << 24))
+            cap <<= 1;
+        s->known = im_calloc(cap, sizeof(*s->known));
+        s->known_mask = cap - 1;
+    }
     snprintf(s->messages, sizeof(s->messages), "%s", messages);
     snprintf(s->user_convs, sizeof(s->user_convs), "%s", user_convs);
     return s;
@@ -87,6 +102,7 @@ void lg_store_free(lg_store_t *s)
     im_mysql_stmt_free(s->max_seq);
     im_mysql_stmt_free(s->sync);
     im_mysql_stmt_free(s->history);
+    im_free(s->known);
     im_free(s);
 }
 
@@ -313,13 +329,49 @@ static im_err_t insert_conv_rows(lg_store_t *s, const conv_row_t *rows, size_t n
     return IM_OK;
 }
 
-static im_err_t insert_all(lg_store_t *s, const Im__V1__ChatMessage *const *msgs, size_t n,
-                           lg_store_result_t *res)
+/* The known-rows key of (user, conv): FNV-1a over both, never 0. */
+static uint64_t known_key(const conv_row_t *r)
 {
-    conv_row_t *rows;
-    size_t done = 0, nrows;
+    uint64_t h = 14695981039346656037ull;
+
+    for (int i = 0; i < 8; i++)
+        h = (h ^ ((r->user >> (8 * i)) & 0xff)) * 1099511628211ull;
+    for (const char *p = r->conv; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+static bool known(const lg_store_t *s, const conv_row_t *r, uint64_t now)
+{
+    uint64_t key = known_key(r);
+
+    return s->known != NULL && s->known[key & s->known_mask].key == key &&
+           s->known[key & s->known_mask].until_ms > now;
+}
+
+/* After the commit: rows[0..n) exist. */
+static void remember(lg_store_t *s, const conv_row_t *rows, size_t n)
+{
+    uint64_t until = im_mono_ms() + LG_STORE_KNOWN_MS;
+
+    for (size_t i = 0; s->known != NULL && i < n; i++) {
+        uint64_t key = known_key(&rows[i]);
+
+        s->known[key & s->known_mask].key = key;
+        s->known[key & s->known_mask].until_ms = until;
+    }
+}
+
+/* Inserts the messages, then the user_convs rows not known to exist; those
+ * are left in rows[0..*nrows) for remember() once committed. */
+static im_err_t insert_all(lg_store_t *s, const Im__V1__ChatMessage *const *msgs, size_t n,
+                           lg_store_result_t *res, conv_row_t *rows, size_t *nrows)
+{
+    size_t done = 0, all, kept = 0;
+    uint64_t now = im_mono_ms();
     im_err_t err = IM_OK;
 
+    *nrows = 0;
     while (done < n && err == IM_OK) {
         unsigned shape = chunk_shape(n - done);
 
@@ -328,11 +380,12 @@ static im_err_t insert_all(lg_store_t *s, const Im__V1__ChatMessage *const *msgs
     }
     if (err != IM_OK)
         return err;
-    rows = im_malloc(2 * n * sizeof(*rows));
-    nrows = collect_conv_rows(msgs, n, rows);
-    err = insert_conv_rows(s, rows, nrows);
-    im_free(rows);
-    return err;
+    all = collect_conv_rows(msgs, n, rows);
+    for (size_t i = 0; i < all; i++)
+        if (!known(s, &rows[i], now))
+            rows[kept++] = rows[i];
+    *nrows = kept;
+    return insert_conv_rows(s, rows, kept);
 }
 
 im_err_t lg_store_insert_batch(lg_store_t *s, const Im__V1__ChatMessage *const *msgs, size_t n,
@@ -340,17 +393,25 @@ im_err_t lg_store_insert_batch(lg_store_t *s, const Im__V1__ChatMessage *const *
 {
     im_err_t err;
 
+    conv_row_t *rows;
+    size_t nrows = 0;
+
     memset(res, 0, sizeof(*res));
     if (n == 0)
         return IM_OK;
+    rows = im_malloc(2 * n * sizeof(*rows));
     if ((err = ensure_open(s)) != IM_OK || (err = im_mysql_begin(s->db)) != IM_OK ||
-        (err = insert_all(s, msgs, n, res)) != IM_OK || (err = im_mysql_commit(s->db)) != IM_OK) {
+        (err = insert_all(s, msgs, n, res, rows, &nrows)) != IM_OK ||
+        (err = im_mysql_commit(s->db)) != IM_OK) {
         im_log_warn("store: batch of %zu not stored (%s): %s (error %u)", n, im_errname(err),
                     im_mysql_error(s->db), im_mysql_errno(s->db));
         im_mysql_rollback(s->db);
         memset(res, 0, sizeof(*res));
+        im_free(rows);
         return err;
     }
+    remember(s, rows, nrows);
+    im_free(rows);
     if (res->conflicts > 0)
         im_log_error("store: batch of %zu committed with %zu conflicting messages not stored "
                      "(first id=%" PRIu64 ")",

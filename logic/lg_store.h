@@ -35,7 +35,15 @@
 typedef struct {
     const char *messages_table;   /* NULL: "messages" */
     const char *user_convs_table; /* NULL: "user_convs" */
+    /* user_convs rows this store committed are remembered (a direct-mapped
+     * table of this many entries, rounded up to a power of two; 0: none) and
+     * not written again for LG_STORE_KNOWN_MS: a chat's later messages then
+     * cost the messages row only.  Only for a store whose user_convs rows are
+     * never deleted behind its back (the service's writer). */
+    size_t known_convs;
 } lg_store_config_t;
+
+#define LG_STORE_KNOWN_MS (10 * 60 * 1000)
 
 typedef struct lg_store_s lg_store_t;
 

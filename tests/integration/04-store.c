@@ -382,6 +382,62 @@ TEST(lock_timeout_is_eagain_and_rolls_back)
     ASSERT_U64_EQ(count_ids(21000, 21002), 2);
 }
 
+/* user_convs rows of (u1, u2)'s conversation, read on `check`. */
+static uint64_t count_conv_rows(uint64_t u1, uint64_t u2)
+{
+    char sql[200], conv[64];
+
+    direct_conv(conv, sizeof(conv), u1, u2);
+    snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM user_convs WHERE conv_id = '%s'", conv);
+    return check_u64(sql);
+}
+
+static im_err_t store_with(lg_store_t *st, tmsg_t *ts, size_t n)
+{
+    const Im__V1__ChatMessage **p = ptrs(ts, n);
+    lg_store_result_t res;
+    im_err_t err = lg_store_insert_batch(st, p, n, &res);
+
+    im_free(p);
+    return err;
+}
+
+/* A store with known_convs writes a conversation's user_convs rows once: a
+ * row deleted behind its back stays deleted (the proof it was not written
+ * again), while a store without stays idempotent and writes it back.  A batch
+ * that rolled back remembers nothing. */
+TEST(known_convs_written_once_after_commit)
+{
+    lg_store_t *cached = lg_store_new(db, &(lg_store_config_t){.known_convs = 16});
+    tmsg_t ts[2];
+    char sql[200];
+    im_mysql_t *holder;
+
+    ASSERT_NOT_NULL(cached);
+    make_msg(&ts[0], 22000, user_id(80), user_id(81), 1);
+    ASSERT_EQ(store_with(cached, ts, 1), IM_OK);
+    ASSERT_U64_EQ(count_conv_rows(user_id(80), user_id(81)), 2);
+    snprintf(sql, sizeof(sql), "DELETE FROM user_convs WHERE conv_id = '%s'", ts[0].conv);
+    ASSERT_EQ(im_mysql_exec(check, sql), IM_OK);
+    make_msg(&ts[0], 22001, user_id(81), user_id(80), 2);
+    ASSERT_EQ(store_with(cached, ts, 1), IM_OK);
+    ASSERT_U64_EQ(count_conv_rows(user_id(80), user_id(81)), 0);
+    make_msg(&ts[0], 22002, user_id(81), user_id(80), 3);
+    ASSERT_EQ(store_with(store, ts, 1), IM_OK);
+    ASSERT_U64_EQ(count_conv_rows(user_id(80), user_id(81)), 2);
+
+    /* Rolled back (a lock wait timeout): nothing remembered, the retry writes. */
+    make_msg(&ts[0], 22010, user_id(90), user_id(91), 1);
+    holder = hold_user_conv(&ts[0]);
+    ASSERT_EQ(im_mysql_exec(db, "SET SESSION innodb_lock_wait_timeout = 1"), IM_OK);
+    ASSERT_EQ(store_with(cached, ts, 1), IM_EAGAIN);
+    ASSERT_EQ(im_mysql_rollback(holder), IM_OK);
+    im_mysql_close(holder);
+    ASSERT_EQ(store_with(cached, ts, 1), IM_OK);
+    ASSERT_U64_EQ(count_conv_rows(user_id(90), user_id(91)), 2);
+    lg_store_free(cached);
+}
+
 /* Conversation 0 now holds seq 1..150 (the first batch and the mixed one). */
 TEST(sync_history_max_seq)
 {
@@ -462,6 +518,7 @@ int main(void)
     RUN(failed_statement_rolls_back_batch);
     RUN(killed_connection_rolls_back_and_reconnects);
     RUN(lock_timeout_is_eagain_and_rolls_back);
+    RUN(known_convs_written_once_after_commit);
     RUN(sync_history_max_seq);
     RUN(cleanup);
 
