@@ -14,15 +14,23 @@
  * Rows go to scratch tables (bench_messages, bench_user_convs, made with CREATE
  * TABLE ... LIKE the real ones and dropped at the end), emptied before each mode
  * so every mode starts from the same table size.  The batched and writer-drain
- * modes also write the user_convs rows of their direct conversations, as the
- * writer does; single-row and raw-bulk write messages only, so the ratios
- * against them understate the writer.
+ * modes also write the user_convs rows of their direct conversations, with a
+ * store configured as the service's writer configures its own (each mode and
+ * round gets a new store, as after a writer restart, so it writes each
+ * conversation's rows once); single-row and raw-bulk write messages only, so
+ * the ratios against them understate the writer.
  *
  * The drain mode first publishes its backlog with publisher confirms, which is
  * timed too: the broker's persistent publish rate is the other raw limit the
  * service is compared with.  The queue is declared under a unique name and
  * deleted at the end, also after a failure or SIGINT/SIGTERM.  Without a
  * reachable RabbitMQ the drain mode is reported as skipped, with the reason.
+ *
+ * raw-bulk and writer-drain each take about a second, so one run of each says
+ * more about what else the machine did in that second than about them: they
+ * run --rounds times, alternating (raw-bulk, publish, drain, raw-bulk, ...) so
+ * both see the same conditions, and the report gives the median with the
+ * range.  single-row and the batched series run once.
  *
  * Besides the table and the summary, one "dbreport-summary:" line carries the
  * headline numbers as key=value pairs (drain_reason=, when present, is last and
@@ -48,17 +56,22 @@
 
 #define MAX_BATCH_SIZES 16
 #define MAX_RESULTS     (MAX_BATCH_SIZES + 3)
+#define MAX_ROUNDS      15
 #define BENCH_CONVS     64 /* direct conversations the rows are spread over */
 #define BENCH_MESSAGES  "bench_messages"
 #define BENCH_CONVS_T   "bench_user_convs"
 #define MSG_COLS        "id, conv_id, seq, sender_id, client_msg_id, body, created_at_ms"
 #define AMQP_TIMEOUT_MS 5000
+/* user_convs rows a store remembers, as lg_service.c's LG_WRITER_KNOWN_CONVS:
+ * the batched and drain modes store the way the service's writer does. */
+#define BENCH_KNOWN_CONVS 65536
 #define POLL_SLICE_MS   1 /* how often the drain's progress is looked at */
 
 typedef struct {
     int64_t rows;
     const char *batches;
     int64_t bulk_rows;
+    int64_t rounds;
     int drain;
     int64_t chat_batch;
     int64_t publish_window;
@@ -90,6 +103,8 @@ static const im_cfg_opt_t opts[] = {
      "comma-separated batch sizes of the batched mode"},
     OPT("bulk-rows", IM_CFG_INT, bulk_rows, "1000", 1, 5000,
         "raw-bulk mode: rows per multi-row INSERT (one transaction each)"),
+    OPT("rounds", IM_CFG_INT, rounds, "3", 1, MAX_ROUNDS,
+        "raw-bulk and writer-drain: alternating runs of each; the median is reported"),
     OPT("drain", IM_CFG_BOOL, drain, "true", 0, 0,
         "run the writer-drain mode (needs RabbitMQ; --no-drain skips it)"),
     OPT("chat-batch", IM_CFG_INT, chat_batch, "16", 1, 10000,
@@ -136,26 +151,39 @@ typedef struct {
     char body[128];
 } bench_msg_t;
 
+/* A mode's line of the table: one run, or the median of several. */
 typedef struct {
     const char *mode;
     unsigned batch;
     size_t rows;
-    double seconds;
+    double seconds; /* rows / the median rate */
+    unsigned runs;
+    double lo, hi; /* rows/s of the slowest and the fastest run */
 } bench_row_t;
 
 typedef enum { DRAIN_OK, DRAIN_SKIPPED, DRAIN_FAILED } drain_state_t;
 
-/* The writer-drain mode: the backlog's publish and the writer's drain. */
+/* One round of the writer-drain mode: the backlog's publish and its drain. */
 typedef struct {
-    drain_state_t state;
-    char reason[512];       /* why skipped or failed */
-    char queue[96];
-    size_t amqp_msgs;       /* ChatBatch messages published and confirmed */
-    double publish_s;       /* first publish -> last confirm */
-    double startup_s;       /* writer start -> consuming (not in drain_s) */
-    double drain_s;         /* consuming -> every row committed and acked */
+    int published;    /* every publish confirmed */
+    size_t amqp_msgs; /* ChatBatch messages published and confirmed */
+    double publish_s; /* first publish -> last confirm */
+    double startup_s; /* writer start -> consuming (not in drain_s) */
+    double drain_s;   /* consuming -> every row committed and acked */
     lg_writer_stats_t stats;
     size_t duplicates, conflicts; /* what the store reported, summed over flushes */
+} drain_round_t;
+
+/* The writer-drain mode: its queue and connections, kept over the rounds. */
+typedef struct {
+    drain_state_t state;
+    char reason[512]; /* why skipped or failed */
+    char queue[96];
+    im_amqp_config_t amqp;
+    im_amqp_conn_t *conn; /* declares, publishes, deletes */
+    im_mysql_t *wdb;      /* the writer thread's connection */
+    unsigned rounds;      /* completed */
+    drain_round_t round[MAX_ROUNDS];
 } drain_t;
 
 /* The writer thread's side of the drain: its own connection and store. */
@@ -311,8 +339,9 @@ static void bind_msg(im_mysql_stmt_t *st, unsigned p, const Im__V1__ChatMessage 
 
 /* ---------------------------------------------------------------- MariaDB modes */
 
-/* One prepared single-row INSERT per message, each its own autocommit transaction. */
-static int run_single(im_mysql_t *db, bench_msg_t *msgs, size_t rows, bench_row_t *out)
+/* One prepared single-row INSERT per message, each its own autocommit
+ * transaction.  *secs is the time taken. */
+static int run_single(im_mysql_t *db, bench_msg_t *msgs, size_t rows, double *secs)
 {
     im_mysql_stmt_t *st;
     double t0;
@@ -328,7 +357,7 @@ static int run_single(im_mysql_t *db, bench_msg_t *msgs, size_t rows, bench_row_
         bind_msg(st, 0, &msgs[i].m);
         err = im_mysql_stmt_exec(st);
     }
-    *out = (bench_row_t){"single-row", 1, rows, now_s() - t0};
+    *secs = now_s() - t0;
     im_mysql_stmt_free(st);
     return check(err, db, "single-row insert") != 0 || interrupted ? -1 : 0;
 }
@@ -359,8 +388,7 @@ static im_err_t prepare_bulk(im_mysql_t *db, size_t rows, im_mysql_stmt_t **out)
 
 /* Raw bulk: bulk rows per statement, BEGIN + INSERT + COMMIT each.  The
  * statements are prepared before the clock starts, as single-row's is. */
-static int run_raw_bulk(im_mysql_t *db, bench_msg_t *msgs, size_t rows, size_t bulk,
-                        bench_row_t *out)
+static int run_raw_bulk(im_mysql_t *db, bench_msg_t *msgs, size_t rows, size_t bulk, double *secs)
 {
     im_mysql_stmt_t *full = NULL, *rest = NULL;
     size_t done = 0, tail = rows % bulk;
@@ -383,7 +411,7 @@ static int run_raw_bulk(im_mysql_t *db, bench_msg_t *msgs, size_t rows, size_t b
             err = im_mysql_commit(db);
         done += n;
     }
-    *out = (bench_row_t){"raw-bulk", (unsigned)(rows < bulk ? rows : bulk), rows, now_s() - t0};
+    *secs = now_s() - t0;
     if (check(err, db, "raw bulk insert") != 0) {
         im_mysql_rollback(db);
         goto out;
@@ -395,13 +423,16 @@ out:
     return rc;
 }
 
-static int run_batched(im_mysql_t *db, lg_store_t *store, const Im__V1__ChatMessage **ptrs,
-                       size_t rows, unsigned batch, bench_row_t *out)
+/* The store path alone, with a new store (statements and remembered
+ * user_convs rows start cold, as in each drain round). */
+static int run_batched(im_mysql_t *db, const lg_store_config_t *scfg,
+                       const Im__V1__ChatMessage **ptrs, size_t rows, unsigned batch, double *secs)
 {
+    lg_store_t *store = lg_store_new(db, scfg);
     lg_store_result_t res;
     size_t done = 0, stored = 0;
     double t0 = now_s();
-    im_err_t err = IM_OK;
+    im_err_t err = store != NULL ? IM_OK : IM_EINVAL;
 
     while (done < rows && err == IM_OK && !interrupted) {
         size_t n = rows - done < batch ? rows - done : batch;
@@ -410,7 +441,8 @@ static int run_batched(im_mysql_t *db, lg_store_t *store, const Im__V1__ChatMess
         stored += res.inserted;
         done += n;
     }
-    *out = (bench_row_t){"batched", batch, rows, now_s() - t0};
+    *secs = now_s() - t0;
+    lg_store_free(store);
     if (check(err, db, "lg_store_insert_batch") != 0 || interrupted)
         return -1;
     if (stored != rows) {
@@ -469,7 +501,7 @@ static im_err_t await_confirms(im_amqp_publisher_t *pub, int64_t timeout_ms)
 
 /* Publishes msgs[0..rows) as persistent ChatBatch messages of chat_batch rows
  * to the queue with confirms, and times it up to the last confirm. */
-static void publish_backlog(drain_t *d, const bm_dbreport_config_t *cfg, im_amqp_conn_t *conn,
+static void publish_backlog(drain_t *d, drain_round_t *r, const bm_dbreport_config_t *cfg,
                             bench_msg_t *msgs, size_t rows)
 {
     size_t per = (size_t)cfg->chat_batch, done = 0, cap = 0, sent = 0;
@@ -480,7 +512,7 @@ static void publish_backlog(drain_t *d, const bm_dbreport_config_t *cfg, im_amqp
     im_err_t rc = IM_OK;
     double t0;
 
-    pub = im_amqp_publisher_new(conn, (unsigned)cfg->publish_window, confirm_cb, &conf);
+    pub = im_amqp_publisher_new(d->conn, (unsigned)cfg->publish_window, confirm_cb, &conf);
     t0 = now_s();
     while (done < rows && rc == IM_OK && !interrupted) {
         Im__V1__ChatBatch batch = IM__V1__CHAT_BATCH__INIT;
@@ -506,16 +538,18 @@ static void publish_backlog(drain_t *d, const bm_dbreport_config_t *cfg, im_amqp
     }
     while (rc == IM_OK && im_amqp_publisher_outstanding(pub) > 0)
         rc = await_confirms(pub, cfg->drain_timeout_ms);
-    d->publish_s = now_s() - t0;
-    d->amqp_msgs = (size_t)conf.ok;
+    r->publish_s = now_s() - t0;
+    r->amqp_msgs = (size_t)conf.ok;
     if (interrupted)
         drain_fail(d, DRAIN_FAILED, "interrupted while publishing");
     else if (rc != IM_OK)
         drain_fail(d, DRAIN_FAILED, "publish %zu of %zu ChatBatch messages: %s (%s)", sent + 1,
-                   (rows + per - 1) / per, im_errname(rc), im_amqp_last_error(conn));
+                   (rows + per - 1) / per, im_errname(rc), im_amqp_last_error(d->conn));
     else if (conf.failed > 0)
         drain_fail(d, DRAIN_FAILED, "%" PRIu64 " of %zu publishes not confirmed (first: %s)",
                    conf.failed, sent, im_errname(conf.first_err));
+    else
+        r->published = 1;
     /* Unconfirmed seqnos are not reported after this; the queue is deleted anyway. */
     im_amqp_publisher_free(pub);
     im_free(buf);
@@ -536,19 +570,22 @@ static im_err_t drain_flush(void *arg, Im__V1__ChatMessage *const *msgs, size_t 
 }
 
 /* Starts an lg_writer on the queue and waits until it has committed and acked
- * every row.  wdb is a connection of its own: the writer thread uses it. */
-static void run_writer(drain_t *d, const bm_dbreport_config_t *cfg,
-                       const im_amqp_config_t *amqp, im_mysql_t *wdb, size_t rows)
+ * every row, through its own store over the writer's connection d->wdb. */
+static void run_writer(drain_t *d, drain_round_t *r, const bm_dbreport_config_t *cfg, size_t rows)
 {
-    lg_store_config_t scfg = {BENCH_MESSAGES, BENCH_CONVS_T};
-    drain_db_t ddb = {lg_store_new(wdb, &scfg), 0, 0};
+    lg_store_config_t scfg = {
+        .messages_table = BENCH_MESSAGES,
+        .user_convs_table = BENCH_CONVS_T,
+        .known_convs = BENCH_KNOWN_CONVS,
+    };
+    drain_db_t ddb = {lg_store_new(d->wdb, &scfg), 0, 0};
     lg_writer_config_t wc;
     lg_writer_t *w;
     double t0, t_ready = 0, t_progress;
     uint64_t last = 0;
 
     lg_writer_config_default(&wc);
-    wc.amqp = *amqp;
+    wc.amqp = d->amqp;
     wc.amqp.name = "dbreport-writer";
     wc.amqp.heartbeat_s = 30;
     wc.queue = d->queue;
@@ -564,13 +601,13 @@ static void run_writer(drain_t *d, const bm_dbreport_config_t *cfg,
     for (;;) {
         double t = now_s();
 
-        lg_writer_stats(w, &d->stats);
-        if (t_ready == 0 && d->stats.connected)
+        lg_writer_stats(w, &r->stats);
+        if (t_ready == 0 && r->stats.connected)
             t_ready = t;
-        if (d->stats.messages >= rows)
+        if (r->stats.messages >= rows)
             break;
-        if (d->stats.messages != last) {
-            last = d->stats.messages;
+        if (r->stats.messages != last) {
+            last = r->stats.messages;
             t_progress = t;
         }
         if (interrupted) {
@@ -581,32 +618,37 @@ static void run_writer(drain_t *d, const bm_dbreport_config_t *cfg,
             drain_fail(d, DRAIN_FAILED,
                        "writer stalled at %" PRIu64 " of %zu rows for %.0f s (connected %" PRIu64
                        ", flush errors %" PRIu64 ", poison %" PRIu64 ")",
-                       d->stats.messages, rows, t - t_progress, d->stats.connected,
-                       d->stats.flush_errors, d->stats.poison);
+                       r->stats.messages, rows, t - t_progress, r->stats.connected,
+                       r->stats.flush_errors, r->stats.poison);
             break;
         }
         sleep_ms(POLL_SLICE_MS);
     }
     if (t_ready == 0) /* connected and done between two looks */
         t_ready = t0;
-    d->startup_s = t_ready - t0;
-    d->drain_s = now_s() - t_ready;
+    r->startup_s = t_ready - t0;
+    r->drain_s = now_s() - t_ready;
     lg_writer_stop(w);
-    lg_writer_stats(w, &d->stats);
+    lg_writer_stats(w, &r->stats);
 out:
     lg_writer_free(w);
     lg_store_free(ddb.store);
-    d->duplicates = ddb.duplicates;
-    d->conflicts = ddb.conflicts;
+    r->duplicates = ddb.duplicates;
+    r->conflicts = ddb.conflicts;
 }
 
-/* The whole drain mode.  db is the main connection (tables, counting); the
- * writer gets a connection of its own from mcfg. */
-static void run_drain(drain_t *d, const bm_dbreport_config_t *cfg,
-                      const im_mysql_config_t *mcfg, im_mysql_t *db, bench_msg_t *msgs,
-                      size_t rows)
+/* Connects to RabbitMQ (skipped when it cannot), declares the private queue
+ * the way the writer declares its own, and opens the writer's MariaDB
+ * connection.  drain_close() undoes it whatever the state. */
+static void drain_open(drain_t *d, const bm_dbreport_config_t *cfg, const im_mysql_config_t *mcfg)
 {
-    im_amqp_config_t acfg = {
+    im_amqp_queue_opts_t q = {.durable = true};
+    im_mysql_config_t wcfg = *mcfg;
+    char err[256];
+    im_err_t rc;
+
+    memset(d, 0, sizeof(*d));
+    d->amqp = (im_amqp_config_t){
         .host = cfg->amqp_host,
         .port = (unsigned)cfg->amqp_port,
         .user = cfg->amqp_user,
@@ -615,75 +657,123 @@ static void run_drain(drain_t *d, const bm_dbreport_config_t *cfg,
         .name = "dbreport",
         .timeout_ms = AMQP_TIMEOUT_MS,
     };
-    im_amqp_queue_opts_t q = {.durable = true}; /* what the writer declares */
-    im_mysql_config_t wcfg = *mcfg;
-    im_mysql_t *wdb = NULL;
-    im_amqp_conn_t *conn;
-    uint32_t deleted = 0, ready = 0;
-    uint64_t stored = 0;
-    char err[256];
-    im_err_t rc;
-
-    memset(d, 0, sizeof(*d));
     if (!cfg->drain) {
         drain_fail(d, DRAIN_SKIPPED, "--no-drain");
         return;
     }
-    conn = im_amqp_connect(&acfg, err, sizeof(err));
-    if (conn == NULL) {
-        drain_fail(d, DRAIN_SKIPPED, "RabbitMQ at %s:%u not reachable: %s", acfg.host, acfg.port,
-                   err);
+    d->conn = im_amqp_connect(&d->amqp, err, sizeof(err));
+    if (d->conn == NULL) {
+        drain_fail(d, DRAIN_SKIPPED, "RabbitMQ at %s:%u not reachable: %s", d->amqp.host,
+                   d->amqp.port, err);
         return;
     }
     snprintf(d->queue, sizeof(d->queue), "dbreport.drain.%ld.%lld", (long)getpid(),
              (long long)time(NULL));
     q.name = d->queue;
-    if ((rc = im_amqp_declare_queue(conn, &q, NULL, 0, NULL)) != IM_OK) {
+    if ((rc = im_amqp_declare_queue(d->conn, &q, NULL, 0, NULL)) != IM_OK) {
         drain_fail(d, DRAIN_FAILED, "declare %s: %s (%s)", d->queue, im_errname(rc),
-                   im_amqp_last_error(conn));
-        goto out;
-    }
-    publish_backlog(d, cfg, conn, msgs, rows);
-    if (d->state != DRAIN_OK)
-        goto out;
-    q.passive = true;
-    if (im_amqp_declare_queue(conn, &q, NULL, 0, &ready) == IM_OK && ready != d->amqp_msgs)
-        fprintf(stderr, "dbreport: %s holds %u messages after %zu confirmed publishes\n",
-                d->queue, ready, d->amqp_msgs);
-    if (reset_tables(db) != 0) {
-        drain_fail(d, DRAIN_FAILED, "cannot empty the scratch tables");
-        goto out;
+                   im_amqp_last_error(d->conn));
+        return;
     }
     wcfg.name = "dbreport-writer";
-    wdb = im_mysql_connect(&wcfg, err, sizeof(err));
-    if (wdb == NULL) {
+    d->wdb = im_mysql_connect(&wcfg, err, sizeof(err));
+    if (d->wdb == NULL)
         drain_fail(d, DRAIN_FAILED, "writer's MariaDB connection: %s", err);
-        goto out;
+}
+
+/* One round: publish the backlog, empty the tables, drain it with a new
+ * writer, check that every row is there.  db is the main connection. */
+static void drain_round(drain_t *d, const bm_dbreport_config_t *cfg, im_mysql_t *db,
+                        bench_msg_t *msgs, size_t rows)
+{
+    drain_round_t *r = &d->round[d->rounds];
+    im_amqp_queue_opts_t q = {.name = d->queue, .passive = true};
+    uint32_t ready = 0;
+    uint64_t stored = 0;
+
+    memset(r, 0, sizeof(*r));
+    publish_backlog(d, r, cfg, msgs, rows);
+    if (d->state != DRAIN_OK)
+        return;
+    if (im_amqp_declare_queue(d->conn, &q, NULL, 0, &ready) == IM_OK && ready != r->amqp_msgs)
+        fprintf(stderr, "dbreport: %s holds %u messages after %zu confirmed publishes\n", d->queue,
+                ready, r->amqp_msgs);
+    if (reset_tables(db) != 0) {
+        drain_fail(d, DRAIN_FAILED, "cannot empty the scratch tables");
+        return;
     }
-    run_writer(d, cfg, &acfg, wdb, rows);
-    if (d->state == DRAIN_OK && count_rows(db, &stored) == 0 && stored != rows)
+    run_writer(d, r, cfg, rows);
+    if (d->state != DRAIN_OK)
+        return;
+    if (count_rows(db, &stored) != 0 || stored != rows) {
         drain_fail(d, DRAIN_FAILED, "the writer acked %" PRIu64 " rows, %s holds %" PRIu64,
-                   d->stats.messages, BENCH_MESSAGES, stored);
-out:
-    im_mysql_close(wdb);
-    /* Delete the queue whatever happened (a lost connection is made again for it). */
-    if (!im_amqp_is_open(conn) && im_amqp_reconnect(conn) != IM_OK) {
-        fprintf(stderr, "dbreport: cannot delete queue %s: %s\n", d->queue,
-                im_amqp_last_error(conn));
-    } else if ((rc = im_amqp_delete_queue(conn, d->queue, &deleted)) != IM_OK) {
-        fprintf(stderr, "dbreport: delete queue %s: %s (%s)\n", d->queue, im_errname(rc),
-                im_amqp_last_error(conn));
-    } else if (deleted > 0 && d->state == DRAIN_OK) {
-        fprintf(stderr, "dbreport: %s still held %u messages\n", d->queue, deleted);
+                   r->stats.messages, BENCH_MESSAGES, stored);
+        return;
     }
-    im_amqp_close(conn);
+    d->rounds++;
+}
+
+/* Deletes the queue whatever happened (a lost connection is made again for
+ * it) and closes the connections. */
+static void drain_close(drain_t *d)
+{
+    uint32_t left = 0;
+    im_err_t rc;
+
+    im_mysql_close(d->wdb);
+    d->wdb = NULL;
+    if (d->conn == NULL)
+        return;
+    if (!im_amqp_is_open(d->conn) && im_amqp_reconnect(d->conn) != IM_OK) {
+        fprintf(stderr, "dbreport: cannot delete queue %s: %s\n", d->queue,
+                im_amqp_last_error(d->conn));
+    } else if ((rc = im_amqp_delete_queue(d->conn, d->queue, &left)) != IM_OK) {
+        fprintf(stderr, "dbreport: delete queue %s: %s (%s)\n", d->queue, im_errname(rc),
+                im_amqp_last_error(d->conn));
+    } else if (left > 0 && d->state == DRAIN_OK) {
+        fprintf(stderr, "dbreport: %s still held %u messages\n", d->queue, left);
+    }
+    im_amqp_close(d->conn);
+    d->conn = NULL;
 }
 
 /* ---------------------------------------------------------------- report */
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The median of v[0..n) (n >= 1); v is sorted in place. */
+static double median(double *v, size_t n)
+{
+    qsort(v, n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* A table line from the times of n runs of rows each. */
+static bench_row_t summarize(const char *mode, unsigned batch, size_t rows, const double *secs,
+                             size_t n)
+{
+    double rates[MAX_ROUNDS];
+    bench_row_t r = {mode, batch, rows, 0, (unsigned)n, 0, 0};
+    double mid;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        rates[i] = secs[i] > 0 ? (double)rows / secs[i] : 0;
+    mid = median(rates, n);
+    r.seconds = mid > 0 ? (double)rows / mid : 0;
+    r.lo = rates[0];
+    r.hi = rates[n - 1];
+    return r;
+}
+
 static double rate(const bench_row_t *r)
 {
-    return r->seconds > 0 ? (double)r->rows / r->seconds : 0;
+    return r != NULL && r->seconds > 0 ? (double)r->rows / r->seconds : 0;
 }
 
 static const bench_row_t *find_row(const bench_row_t *rows, size_t n, const char *mode)
@@ -698,18 +788,20 @@ static const bench_row_t *find_row(const bench_row_t *rows, size_t n, const char
 
 static void print_table(const bench_row_t *rows, size_t n)
 {
-    const bench_row_t *bulk = find_row(rows, n, "raw-bulk");
-    double base = rate(&rows[0]), ceiling = bulk != NULL ? rate(bulk) : 0;
+    double base = rate(&rows[0]), ceiling = rate(find_row(rows, n, "raw-bulk"));
     size_t i;
 
-    printf("%-12s %6s %9s %9s %10s %9s %9s\n", "mode", "batch", "rows", "seconds", "rows/s",
-           "vs single", "% of bulk");
+    printf("%-12s %6s %9s %9s %10s %9s %9s %4s  %s\n", "mode", "batch", "rows", "seconds",
+           "rows/s", "vs single", "% of bulk", "runs", "min..max rows/s");
     for (i = 0; i < n; i++) {
         double r = rate(&rows[i]);
 
-        printf("%-12s %6u %9zu %9.3f %10.0f %8.1fx %8.1f%%\n", rows[i].mode, rows[i].batch,
+        printf("%-12s %6u %9zu %9.3f %10.0f %8.1fx %8.1f%% %4u", rows[i].mode, rows[i].batch,
                rows[i].rows, rows[i].seconds, r, base > 0 ? r / base : 0,
-               ceiling > 0 ? 100 * r / ceiling : 0);
+               ceiling > 0 ? 100 * r / ceiling : 0, rows[i].runs);
+        if (rows[i].runs > 1)
+            printf("  %.0f..%.0f", rows[i].lo, rows[i].hi);
+        printf("\n");
     }
 }
 
@@ -719,60 +811,81 @@ static const char *verdict(double value, double target)
 }
 
 static void print_summary(const bench_row_t *rows, size_t n, const drain_t *d,
-                          const bm_dbreport_config_t *cfg)
+                          const double *bulk_secs, const bm_dbreport_config_t *cfg)
 {
     const bench_row_t *single = find_row(rows, n, "single-row");
     const bench_row_t *bulk = find_row(rows, n, "raw-bulk");
-    const bench_row_t *drain = find_row(rows, n, "writer-drain");
-    double s = single ? rate(single) : 0, b = bulk ? rate(bulk) : 0, w = drain ? rate(drain) : 0;
-    double pub_msgs = d->publish_s > 0 ? (double)d->amqp_msgs / d->publish_s : 0;
-    double pub_rows = pub_msgs * (double)cfg->chat_batch;
+    double s = rate(single), b = rate(bulk), w = rate(find_row(rows, n, "writer-drain"));
+    double pub[MAX_ROUNDS], pub_msgs = 0, pub_rows;
     const char *state = d->state == DRAIN_OK        ? "ok"
                         : d->state == DRAIN_SKIPPED ? "skipped"
                                                     : "failed";
-    size_t i;
+    uint64_t flushes = 0, flushed = 0, flush_errors = 0;
+    size_t dups = 0, i, npub = 0;
+    double startup = 0;
 
-    printf("\nsummary (one run, same scratch tables; rows of %zu messages each mode):\n",
-           single ? single->rows : (size_t)0);
+    for (i = 0; i < d->rounds; i++) {
+        const drain_round_t *r = &d->round[i];
+
+        flushes += r->stats.batches;
+        flushed += r->stats.messages;
+        flush_errors += r->stats.flush_errors;
+        dups += r->duplicates;
+        startup = r->startup_s > startup ? r->startup_s : startup;
+    }
+    for (i = 0; i <= d->rounds && i < MAX_ROUNDS; i++)
+        if (d->round[i].published && d->round[i].publish_s > 0)
+            pub[npub++] = (double)d->round[i].amqp_msgs / d->round[i].publish_s;
+    if (npub > 0)
+        pub_msgs = median(pub, npub);
+    pub_rows = pub_msgs * (double)cfg->chat_batch;
+
+    printf("\nsummary (one run, same scratch tables, %zu rows per mode; raw bulk and writer drain: "
+           "median of %u alternating rounds):\n",
+           single ? single->rows : (size_t)0, bulk ? bulk->runs : 0);
     printf("  single-row autocommit       %10.0f rows/s\n", s);
     printf("  raw bulk (MariaDB ceiling)  %10.0f rows/s = %.1fx single-row (%" PRId64
            " rows per INSERT, one transaction each)\n",
            b, s > 0 ? b / s : 0, cfg->bulk_rows);
-    if (d->state == DRAIN_OK) {
+    if (d->state == DRAIN_OK && d->rounds > 0) {
         printf("  writer drain                %10.0f rows/s = %.1f%% of raw bulk (target >= 70%%: "
                "%s), %.1fx single-row (target >= 20x: %s)\n",
-               w, b > 0 ? 100 * w / b : 0, verdict(b > 0 ? w / b : 0, 0.70),
-               s > 0 ? w / s : 0, verdict(s > 0 ? w / s : 0, 20));
-        printf("    %" PRIu64 " flushes of %.0f rows on average (writer batch %" PRId64
-               ", prefetch %" PRId64 "), %" PRIu64 " flush errors, %zu duplicates; the writer "
-               "was consuming %.0f ms after its start (not in the time)\n",
-               d->stats.batches,
-               d->stats.batches ? (double)d->stats.messages / d->stats.batches : 0,
-               cfg->writer_batch, cfg->writer_prefetch, d->stats.flush_errors, d->duplicates,
-               d->startup_s * 1000);
+               w, b > 0 ? 100 * w / b : 0, verdict(b > 0 ? w / b : 0, 0.70), s > 0 ? w / s : 0,
+               verdict(s > 0 ? w / s : 0, 20));
+        printf("    writer drain / raw bulk, round by round:");
+        for (i = 0; i < d->rounds; i++)
+            printf(" %.0f%%", d->round[i].drain_s > 0 ? 100 * bulk_secs[i] / d->round[i].drain_s
+                                                      : 0);
+        printf("\n    %" PRIu64 " flushes of %.0f rows on average (writer batch %" PRId64
+               ", prefetch %" PRId64 ", max delay %" PRId64 " ms), %" PRIu64
+               " flush errors, %zu duplicates; each writer was consuming within %.0f ms of its "
+               "start (not in the time)\n",
+               flushes, flushes ? (double)flushed / (double)flushes : 0, cfg->writer_batch,
+               cfg->writer_prefetch, cfg->writer_delay_ms, flush_errors, dups, startup * 1000);
     } else {
         printf("  writer drain                %s: %s\n", state, d->reason);
     }
-    if (d->amqp_msgs > 0 && d->publish_s > 0)
+    if (npub > 0)
         printf("  RabbitMQ persistent publish rate (confirmed): %.0f msgs/s = %.0f rows/s "
-               "(%zu ChatBatch of %" PRId64 " rows in %.3f s, window %" PRId64 ", queue %s)\n",
-               pub_msgs, pub_rows, d->amqp_msgs, cfg->chat_batch, d->publish_s,
+               "(median of %zu: %zu ChatBatch of %" PRId64 " rows each time, window %" PRId64
+               ", queue %s)\n",
+               pub_msgs, pub_rows, npub, d->round[0].amqp_msgs, cfg->chat_batch,
                cfg->publish_window, d->queue);
     else
         printf("  RabbitMQ persistent publish rate (confirmed): not measured (drain %s)\n", state);
 
-    printf("dbreport-summary: rows=%zu single_row_rows_per_s=%.0f raw_bulk_rows_per_s=%.0f "
-           "raw_bulk_x_single=%.2f",
-           single ? single->rows : (size_t)0, s, b, s > 0 ? b / s : 0);
+    printf("dbreport-summary: rows=%zu rounds=%u single_row_rows_per_s=%.0f "
+           "raw_bulk_rows_per_s=%.0f raw_bulk_x_single=%.2f",
+           single ? single->rows : (size_t)0, bulk ? bulk->runs : 0, s, b, s > 0 ? b / s : 0);
     for (i = 0; i < n; i++)
         if (strcmp(rows[i].mode, "batched") == 0)
             printf(" batched_%u_rows_per_s=%.0f", rows[i].batch, rate(&rows[i]));
     printf(" drain=%s", state);
-    if (d->state == DRAIN_OK)
+    if (d->state == DRAIN_OK && d->rounds > 0)
         printf(" writer_drain_rows_per_s=%.0f writer_drain_pct_of_raw_bulk=%.1f "
                "writer_drain_x_single=%.2f",
                w, b > 0 ? 100 * w / b : 0, s > 0 ? w / s : 0);
-    if (d->amqp_msgs > 0 && d->publish_s > 0)
+    if (npub > 0)
         printf(" amqp_publish_msgs_per_s=%.0f amqp_publish_rows_per_s=%.0f "
                "rows_per_chat_batch=%" PRId64 " publish_window=%" PRId64,
                pub_msgs, pub_rows, cfg->chat_batch, cfg->publish_window);
@@ -782,43 +895,60 @@ static void print_summary(const bench_row_t *rows, size_t n, const drain_t *d,
 }
 
 /* All modes on db; the scratch tables exist. */
-static int run_all(im_mysql_t *db, const im_mysql_config_t *mcfg,
-                   const bm_dbreport_config_t *cfg, const unsigned *sizes, size_t nsizes)
+static int run_all(im_mysql_t *db, const im_mysql_config_t *mcfg, const bm_dbreport_config_t *cfg,
+                   const unsigned *sizes, size_t nsizes)
 {
-    lg_store_config_t scfg = {BENCH_MESSAGES, BENCH_CONVS_T};
-    size_t rows = (size_t)cfg->rows, i, nresults = 0;
+    lg_store_config_t scfg = {
+        .messages_table = BENCH_MESSAGES,
+        .user_convs_table = BENCH_CONVS_T,
+        .known_convs = BENCH_KNOWN_CONVS,
+    };
+    size_t rows = (size_t)cfg->rows, bulk = (size_t)cfg->bulk_rows, i, nresults = 0;
+    unsigned rounds = (unsigned)cfg->rounds, r;
     bench_msg_t *msgs = im_malloc(rows * sizeof(*msgs));
     const Im__V1__ChatMessage **ptrs = im_malloc(rows * sizeof(*ptrs));
     bench_row_t results[MAX_RESULTS];
-    lg_store_t *store = lg_store_new(db, &scfg);
+    double secs, bulk_secs[MAX_ROUNDS], drain_secs[MAX_ROUNDS];
     int64_t now_ms = (int64_t)time(NULL) * 1000;
-    drain_t drain;
+    drain_t *drain = im_calloc(1, sizeof(*drain));
     int rc = -1;
 
     for (i = 0; i < rows; i++) {
         gen_msg(&msgs[i], i, now_ms);
         ptrs[i] = &msgs[i].m;
     }
-    if (store == NULL || reset_tables(db) != 0 ||
-        run_single(db, msgs, rows, &results[nresults++]) != 0)
+    if (reset_tables(db) != 0 || run_single(db, msgs, rows, &secs) != 0)
         goto out;
-    if (reset_tables(db) != 0 ||
-        run_raw_bulk(db, msgs, rows, (size_t)cfg->bulk_rows, &results[nresults++]) != 0)
-        goto out;
+    results[nresults++] = summarize("single-row", 1, rows, &secs, 1);
     for (i = 0; i < nsizes; i++) {
-        if (reset_tables(db) != 0 ||
-            run_batched(db, store, ptrs, rows, sizes[i], &results[nresults++]) != 0)
+        if (reset_tables(db) != 0 || run_batched(db, &scfg, ptrs, rows, sizes[i], &secs) != 0)
             goto out;
+        results[nresults++] = summarize("batched", sizes[i], rows, &secs, 1);
     }
-    run_drain(&drain, cfg, mcfg, db, msgs, rows);
-    if (drain.state == DRAIN_OK)
-        results[nresults++] = (bench_row_t){"writer-drain", (unsigned)cfg->writer_batch, rows,
-                                            drain.drain_s};
+    drain_open(drain, cfg, mcfg);
+    for (r = 0; r < rounds; r++) {
+        if (reset_tables(db) != 0 || run_raw_bulk(db, msgs, rows, bulk, &bulk_secs[r]) != 0)
+            goto out;
+        if (drain->state == DRAIN_OK)
+            drain_round(drain, cfg, db, msgs, rows);
+    }
+    /* raw-bulk goes second, next to single-row: the other raw limit. */
+    memmove(&results[2], &results[1], (nresults - 1) * sizeof(results[0]));
+    results[1] = summarize("raw-bulk", (unsigned)(rows < bulk ? rows : bulk), rows, bulk_secs,
+                           rounds);
+    nresults++;
+    if (drain->state == DRAIN_OK) {
+        for (r = 0; r < drain->rounds; r++)
+            drain_secs[r] = drain->round[r].drain_s;
+        results[nresults++] = summarize("writer-drain", (unsigned)cfg->writer_batch, rows,
+                                        drain_secs, drain->rounds);
+    }
     print_table(results, nresults);
-    print_summary(results, nresults, &drain, cfg);
-    rc = drain.state == DRAIN_FAILED ? -1 : 0;
+    print_summary(results, nresults, drain, bulk_secs, cfg);
+    rc = drain->state == DRAIN_FAILED ? -1 : 0;
 out:
-    lg_store_free(store);
+    drain_close(drain);
+    im_free(drain);
     im_free(ptrs);
     im_free(msgs);
     return rc;
