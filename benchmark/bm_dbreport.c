@@ -103,7 +103,7 @@ static const im_cfg_opt_t opts[] = {
      "comma-separated batch sizes of the batched mode"},
     OPT("bulk-rows", IM_CFG_INT, bulk_rows, "1000", 1, 5000,
         "raw-bulk mode: rows per multi-row INSERT (one transaction each)"),
-    OPT("rounds", IM_CFG_INT, rounds, "3", 1, MAX_ROUNDS,
+    OPT("rounds", IM_CFG_INT, rounds, "5", 1, MAX_ROUNDS,
         "raw-bulk and writer-drain: alternating runs of each; the median is reported"),
     OPT("drain", IM_CFG_BOOL, drain, "true", 0, 0,
         "run the writer-drain mode (needs RabbitMQ; --no-drain skips it)"),
