@@ -7,14 +7,13 @@
  * insert ceiling, the store's batched path, the real writer draining a
  * RabbitMQ backlog, and the broker's confirmed persistent publish rate.  Its
  * "dbreport-summary:" line goes into the JSON output as numbers.  Then the
- * run is a direct-mode
- * load, while a thread counts the run's rows in `messages` (ids are
- * snowflakes, so "id >= the first id of this second" selects them with a
- * primary-key range) every 200 ms: acked messages stored per second is the
- * writer's drain rate, acked minus stored is its lag, and after the last ack
- * the time until everything is stored is how long the queue takes to drain.
- * The drain rate measured this way is bounded by the send rate; dbreport's
- * numbers are the ceiling.
+ * run is a direct-mode load, while a thread counts the run's rows in
+ * `messages` (ids are snowflakes, so "id >= the first id of this second"
+ * selects them with a primary-key range) every 200 ms: acked messages stored
+ * per second is the writer's drain rate, acked minus stored is its lag, and
+ * after the last ack the time until everything is stored is how long the
+ * queue takes to drain.  The drain rate measured this way is bounded by the
+ * send rate; dbreport's writer-drain number (a backlog) is the ceiling.
  */
 #include <errno.h>
 #include <inttypes.h>
