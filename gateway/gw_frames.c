@@ -101,13 +101,6 @@ void gw__flush_sends(gw_service_t *svc)
     im_free(sends);
 }
 
-/* Posted once per turn of the loop that collected a send. */
-static void flush_task(gw_t *gw, void *arg)
-{
-    (void)gw;
-    gw__flush_sends(arg);
-}
-
 /* ------------------------------------------------------------ sync */
 
 /* Sends each message of the page as a "msg" frame, then "synced". */
@@ -239,10 +232,10 @@ static void start_send(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *r
     if (svc->batch == NULL)
         svc->batch = im_malloc(GW_SEND_BATCH_MAX * sizeof(*svc->batch));
     svc->batch[svc->n_batch++] = c;
-    if (svc->n_batch == 1)
-        gw_post(svc->gw, flush_task, svc);
-    else if (svc->n_batch == GW_SEND_BATCH_MAX)
+    if (svc->n_batch == GW_SEND_BATCH_MAX)
         gw__flush_sends(svc);
+    else
+        gw__flush_soon(svc);
 }
 
 static void start_sync(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *r, gw_call_t *c)

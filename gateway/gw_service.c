@@ -76,6 +76,7 @@ void gw__call_free(gw_call_t *c)
         im_free(c->send);
     }
     im_free(c->members);
+    im_free(c->pairs);
     im_free(c->message);
     im_free(c);
 }
@@ -358,35 +359,6 @@ static void session_ready(gw_service_t *svc, gw_sess_t *s)
     im_buf_unref(b);
 }
 
-static void online_done(gw_service_t *svc, gw_call_t *c)
-{
-    gw_sess_t *s = im_map_get(&svc->sessions, c->session_id);
-
-    if (c->code != IM_RPC_OK) {
-        /* Not routed: it would miss messages.  The client reconnects. */
-        im_log_warn("service: Session.Online of user %" PRIu64 ": %s", c->user, c->message);
-        if (s != NULL && c->code == IM_RPC_PERMISSION_DENIED)
-            gw_session_close(svc->gw, s->id, 1008, "user_deleted");
-        else if (s != NULL)
-            gw_session_close(svc->gw, s->id, 1011, "try again later");
-        return;
-    }
-    if (s != NULL) {
-        s->online = true;
-        session_ready(svc, s);
-        return;
-    }
-    /* Closed meanwhile: the Offline it skipped is due now. */
-    {
-        gw_sess_t gone = {.id = c->session_id, .user = c->user};
-        Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
-        char sid[24];
-        session_request(svc, &gone, &req, sid, sizeof(sid));
-        gw__call(svc, gw__call_new(svc, GW_CALL_OFFLINE, noop_done), &im__v1__session__descriptor, 1,
-                 &req.base);
-    }
-}
-
 /* The session's group keys are bound at the broker: back to the loop. */
 typedef struct {
     gw_service_t *svc;
@@ -422,57 +394,149 @@ static void bound_cb(void *arg)
     gw_post(b->svc->gw, bound_task, b);
 }
 
-static void mine_done(gw_service_t *svc, gw_call_t *c)
-{
-    gw_sess_t *s = im_map_get(&svc->sessions, c->session_id);
-    const Im__V1__MyGroupsResponse *r = (const Im__V1__MyGroupsResponse *)c->resp;
+static void flush_sessions(gw_service_t *svc, bool connect);
 
-    if (s == NULL)
-        return;
-    if (c->code != IM_RPC_OK) {
-        /* Without its groups the session would miss group messages: make
-         * the client reconnect rather than run half-blind. */
-        im_log_warn("service: groups of user %" PRIu64 ": %s", c->user, c->message);
-        gw_session_close(svc->gw, s->id, 1011, "try again later");
-        return;
+/* Appends (id, user) to a connect or disconnect batch, sent at the end of
+ * the turn or at once when full. */
+static void session_batch_add(gw_service_t *svc, bool connect, uint64_t id, uint64_t user)
+{
+    uint64_t **list = connect ? &svc->connects : &svc->disconnects;
+    size_t *n = connect ? &svc->n_connects : &svc->n_disconnects;
+
+    if (*list == NULL)
+        *list = im_malloc(2 * GW_SESSION_BATCH_MAX * sizeof(**list));
+    (*list)[2 * *n] = id;
+    (*list)[2 * *n + 1] = user;
+    if (++*n == GW_SESSION_BATCH_MAX)
+        flush_sessions(svc, connect);
+    else
+        gw__flush_soon(svc);
+}
+
+/* A Session.Connect is back: each session it carried is routed to (or
+ * closed, so that its client reconnects rather than miss messages), then
+ * holds its groups, then hears "ready" once their keys are bound. */
+static void connect_done(gw_service_t *svc, gw_call_t *bc)
+{
+    const Im__V1__SessionBatchResponse *r = (const Im__V1__SessionBatchResponse *)bc->resp;
+    bool whole = bc->code == IM_RPC_OK && r != NULL && r->n_results == bc->n_pairs;
+
+    if (!whole)
+        im_log_warn("service: Session.Connect of %zu sessions: %s", bc->n_pairs,
+                    bc->message ? bc->message : "answered for another number of sessions");
+    for (size_t i = 0; i < bc->n_pairs; i++) {
+        uint64_t id = bc->pairs[2 * i], user = bc->pairs[2 * i + 1];
+        const Im__V1__SessionResult *res = whole ? r->results[i] : NULL;
+        gw_sess_t *s = im_map_get(&svc->sessions, id);
+
+        if (res == NULL || res->code != IM_RPC_OK) {
+            if (res != NULL)
+                im_log_warn("service: Session.Online of user %" PRIu64 ": %s", user, res->error);
+            if (s != NULL && res != NULL && res->code == IM_RPC_PERMISSION_DENIED)
+                gw_session_close(svc->gw, id, 1008, "user_deleted");
+            else if (s != NULL)
+                gw_session_close(svc->gw, id, 1011, "try again later");
+            continue;
+        }
+        if (s == NULL) { /* closed meanwhile: the Offline it skipped is due now */
+            session_batch_add(svc, false, id, user);
+            continue;
+        }
+        s->online = true;
+        session_ready(svc, s);
+        if (res->groups_error != NULL && res->groups_error[0] != '\0') {
+            /* Without its groups the session would miss group messages:
+             * make the client reconnect rather than run half-blind. */
+            im_log_warn("service: groups of user %" PRIu64 ": %s", user, res->groups_error);
+            gw_session_close(svc->gw, id, 1011, "try again later");
+            continue;
+        }
+        for (size_t g = 0; g < res->n_group_ids; g++)
+            gw__group_add(svc, s, res->group_ids[g]);
+        gw_deliver_barrier(svc->deliver, bound_cb, barrier_new(svc, id));
     }
-    for (size_t i = 0; i < r->n_groups; i++)
-        gw__group_add(svc, s, r->groups[i]->id);
-    gw_deliver_barrier(svc->deliver, bound_cb, barrier_new(svc, s->id));
+}
+
+static void disconnect_done(gw_service_t *svc, gw_call_t *bc)
+{
+    (void)svc;
+    if (bc->code != IM_RPC_OK)
+        im_log_debug("service: Session.Disconnect of %zu sessions: %s", bc->n_pairs,
+                     bc->message);
+}
+
+static void flush_sessions(gw_service_t *svc, bool connect)
+{
+    Im__V1__SessionBatchRequest req = IM__V1__SESSION_BATCH_REQUEST__INIT;
+    Im__V1__SessionRequest *reqs, **ptrs;
+    uint64_t **list = connect ? &svc->connects : &svc->disconnects;
+    size_t *n = connect ? &svc->n_connects : &svc->n_disconnects;
+    char (*sids)[24];
+    gw_call_t *bc;
+
+    if (*n == 0)
+        return;
+    bc = gw__call_new(svc, connect ? GW_CALL_ONLINE : GW_CALL_OFFLINE,
+                      connect ? connect_done : disconnect_done);
+    bc->pairs = *list;
+    bc->n_pairs = *n;
+    *list = NULL;
+    *n = 0;
+    reqs = im_calloc(bc->n_pairs, sizeof(*reqs));
+    ptrs = im_calloc(bc->n_pairs, sizeof(*ptrs));
+    sids = im_calloc(bc->n_pairs, sizeof(*sids));
+    for (size_t i = 0; i < bc->n_pairs; i++) {
+        gw_sess_t one = {.id = bc->pairs[2 * i], .user = bc->pairs[2 * i + 1]};
+
+        im__v1__session_request__init(&reqs[i]);
+        session_request(svc, &one, &reqs[i], sids[i], sizeof(sids[i]));
+        ptrs[i] = &reqs[i];
+    }
+    req.sessions = ptrs;
+    req.n_sessions = bc->n_pairs;
+    gw__call(svc, bc, &im__v1__session__descriptor,
+             connect ? GW_METHOD_CONNECT : GW_METHOD_DISCONNECT, &req.base);
+    im_free(sids);
+    im_free(ptrs);
+    im_free(reqs);
+}
+
+static void flush_task(gw_t *gw, void *arg)
+{
+    gw_service_t *svc = arg;
+
+    (void)gw;
+    svc->flush_posted = false;
+    flush_sessions(svc, true);
+    flush_sessions(svc, false);
+    gw__flush_sends(svc);
+}
+
+void gw__flush_soon(gw_service_t *svc)
+{
+    if (svc->flush_posted)
+        return;
+    svc->flush_posted = true;
+    gw_post(svc->gw, flush_task, svc);
 }
 
 static void on_open(gw_t *gw, const gw_session_info_t *info, void *arg)
 {
     gw_service_t *svc = arg;
     gw_sess_t *s = im_calloc(1, sizeof(*s));
-    Im__V1__SessionRequest sreq = IM__V1__SESSION_REQUEST__INIT;
-    Im__V1__MyGroupsRequest mreq = IM__V1__MY_GROUPS_REQUEST__INIT;
-    gw_call_t *c;
-    char sid[24];
 
     (void)gw;
     s->id = info->id;
     s->user = info->user_id;
-    s->pending = 2;
+    s->pending = 2; /* routed to (Online), groups bound (Mine + barrier) */
     im_map_put(&svc->sessions, s->id, s);
-    session_request(svc, s, &sreq, sid, sizeof(sid));
-    c = gw__call_new(svc, GW_CALL_ONLINE, online_done);
-    c->session_id = s->id;
-    c->user = s->user;
-    gw__call(svc, c, &im__v1__session__descriptor, 0, &sreq.base);
-    mreq.user_id = s->user;
-    c = gw__call_new(svc, GW_CALL_MINE, mine_done);
-    c->session_id = s->id;
-    c->user = s->user;
-    gw__call(svc, c, &im__v1__group__descriptor, 4, &mreq.base);
+    session_batch_add(svc, true, s->id, s->user);
 }
 
 static void on_close(gw_t *gw, const gw_session_info_t *info, int code, void *arg)
 {
     gw_service_t *svc = arg;
     gw_sess_t *s = im_map_del(&svc->sessions, info->id);
-    Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
-    char sid[24];
 
     (void)gw;
     (void)code;
@@ -480,11 +544,8 @@ static void on_close(gw_t *gw, const gw_session_info_t *info, int code, void *ar
         return;
     while (s->n_groups > 0)
         gw__group_remove(svc, s, s->groups[s->n_groups - 1]);
-    if (s->online) {
-        session_request(svc, s, &req, sid, sizeof(sid));
-        gw__call(svc, gw__call_new(svc, GW_CALL_OFFLINE, noop_done),
-                 &im__v1__session__descriptor, 1, &req.base);
-    }
+    if (s->online)
+        session_batch_add(svc, false, s->id, s->user);
     im_free(s->groups);
     im_free(s);
 }
@@ -935,6 +996,8 @@ void gw_service_free(gw_service_t *svc)
     for (size_t i = 0; i < svc->n_batch; i++) /* the loop never ran again */
         gw__call_free(svc->batch[i]);
     im_free(svc->batch);
+    im_free(svc->connects);
+    im_free(svc->disconnects);
     IM_MAP_FOREACH(&svc->sessions, key, val)
     {
         im_free(((gw_sess_t *)val)->groups);

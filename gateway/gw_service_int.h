@@ -23,6 +23,9 @@
 #define GW_CID_MAX 64
 #define GW_SEND_BATCH_MAX 256  /* sends per SendBatch call at most */
 #define GW_METHOD_SEND_BATCH 6 /* Message.SendBatch's index in im.proto */
+#define GW_SESSION_BATCH_MAX 256 /* sessions per Session.Connect / Disconnect call */
+#define GW_METHOD_CONNECT 3      /* Session.Connect's index in im.proto */
+#define GW_METHOD_DISCONNECT 4   /* Session.Disconnect's index */
 
 typedef struct gw_call_s gw_call_t;
 
@@ -63,6 +66,11 @@ struct gw_service_s {
      * the loop has handled what it read (gw_frames.c). */
     gw_call_t **batch;
     size_t n_batch;
+    /* Sessions opened / closed in this turn, as (id, user) pairs: one
+     * Session.Connect / Disconnect each turn. */
+    uint64_t *connects, *disconnects;
+    size_t n_connects, n_disconnects;
+    bool flush_posted;
     im_hist_t ack_latency; /* send frame in -> ack frame out */
 };
 
@@ -101,6 +109,9 @@ struct gw_call_s {
     /* A SendBatch: the sends it carries, answered and freed by its done. */
     gw_call_t **members;
     size_t n_members;
+    /* A Session.Connect / Disconnect: (session id, user) of each, in order. */
+    uint64_t *pairs;
+    size_t n_pairs;
 };
 
 /* Frees c, its request and result (not its members). */
@@ -108,6 +119,11 @@ void gw__call_free(gw_call_t *c);
 
 /* Sends the SendBatch of the sends collected so far (gw_frames.c), if any. */
 void gw__flush_sends(gw_service_t *svc);
+
+/* Makes sure the batches collected in this turn of the loop (sends,
+ * connects, disconnects) go out once the loop has handled what it read: one
+ * posted task per turn. */
+void gw__flush_soon(gw_service_t *svc);
 
 /* Starts method of service sd on the next logic client; done runs on the
  * loop.  On a local failure done runs too (soon, from the loop) with code

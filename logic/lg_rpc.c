@@ -422,6 +422,105 @@ static void session_change(im_rpc_call_t *call, lg_rpc_t *r, bool online)
     session_give(r, s);
 }
 
+/* Connect (online true: Online and Mine) or Disconnect (Offline) for each
+ * session of a batch.  Presence goes out after the answer, as for one. */
+static void session_batch(im_rpc_call_t *call, lg_rpc_t *r, bool online)
+{
+    const Im__V1__SessionBatchRequest *req =
+        (const Im__V1__SessionBatchRequest *)im_rpc_call_request(call);
+    Im__V1__SessionBatchResponse resp = IM__V1__SESSION_BATCH_RESPONSE__INIT;
+    size_t n = req->n_sessions;
+    Im__V1__SessionResult *res, **ptrs;
+    Im__V1__SessionResponse *sres;
+    uint64_t *notify;
+    size_t n_notify = 0;
+    char msg[256];
+    session_t *s;
+    im_rpc_code_t code;
+    bool db_ok;
+
+    if (n > LG_SESSION_BATCH_MAX) {
+        snprintf(msg, sizeof(msg), "batch_too_large: at most %d sessions per call",
+                 LG_SESSION_BATCH_MAX);
+        im_rpc_fail(call, IM_RPC_INVALID_ARGUMENT, msg);
+        return;
+    }
+    s = session_take(r);
+    if ((code = session_ready(r, s, NEED_REDIS, msg, sizeof(msg))) != IM_RPC_OK) {
+        im_rpc_fail(call, code, msg);
+        session_give(r, s);
+        return;
+    }
+    db_ok = ready_db(r, s) == IM_OK;
+    res = im_calloc(n ? n : 1, sizeof(*res));
+    ptrs = im_calloc(n ? n : 1, sizeof(*ptrs));
+    sres = im_calloc(n ? n : 1, sizeof(*sres));
+    notify = im_calloc(n ? n : 1, sizeof(*notify));
+    for (size_t i = 0; i < n; i++) {
+        const Im__V1__SessionRequest *sr = req->sessions[i];
+
+        im__v1__session_result__init(&res[i]);
+        im__v1__session_response__init(&sres[i]);
+        ptrs[i] = &res[i];
+        code = online ? lg_session_online(s->routes, sr, &sres[i], msg, sizeof(msg))
+                      : lg_session_offline(s->routes, sr, &sres[i], msg, sizeof(msg));
+        res[i].code = (uint32_t)code;
+        if (code != IM_RPC_OK) {
+            res[i].error = im_strdup(msg);
+            continue;
+        }
+        res[i].session = &sres[i];
+        if (online ? sres[i].first : sres[i].last)
+            notify[n_notify++] = sr->user_id;
+        if (!online)
+            continue;
+        if (!db_ok) {
+            res[i].groups_error = im_strdup("db_unavailable: the database is unavailable");
+        } else {
+            Im__V1__MyGroupsRequest mreq = IM__V1__MY_GROUPS_REQUEST__INIT;
+            Im__V1__MyGroupsResponse mresp = IM__V1__MY_GROUPS_RESPONSE__INIT;
+
+            mreq.user_id = sr->user_id;
+            if (lg_group_mine(s->group, &mreq, &mresp, msg, sizeof(msg)) != IM_RPC_OK) {
+                res[i].groups_error = im_strdup(msg);
+                continue;
+            }
+            /* Copied: the next Mine reuses the group's buffers. */
+            res[i].group_ids = im_calloc(mresp.n_groups ? mresp.n_groups : 1, sizeof(uint64_t));
+            for (size_t g = 0; g < mresp.n_groups; g++)
+                res[i].group_ids[g] = mresp.groups[g]->id;
+            res[i].n_group_ids = mresp.n_groups;
+        }
+    }
+    resp.results = ptrs;
+    resp.n_results = n;
+    im_rpc_reply(call, &resp.base);
+    for (size_t i = 0; i < n_notify && db_ok; i++)
+        lg_notify_presence(s->notify, s->routes, notify[i], online);
+    session_give(r, s);
+    for (size_t i = 0; i < n; i++) { /* ours, unless still the init's defaults */
+        if (res[i].code != IM_RPC_OK)
+            im_free(res[i].error);
+        if (res[i].groups_error != NULL && res[i].groups_error[0] != '\0')
+            im_free(res[i].groups_error);
+        im_free(res[i].group_ids);
+    }
+    im_free(notify);
+    im_free(sres);
+    im_free(ptrs);
+    im_free(res);
+}
+
+static void connect_cb(im_rpc_call_t *call, void *arg)
+{
+    session_batch(call, arg, true);
+}
+
+static void disconnect_cb(im_rpc_call_t *call, void *arg)
+{
+    session_batch(call, arg, false);
+}
+
 static void online_cb(im_rpc_call_t *call, void *arg)
 {
     session_change(call, arg, true);
@@ -514,9 +613,8 @@ static const im_rpc_method_t message_methods[] = {
     {conversations_cb, true}, {typing_cb, true},  {send_batch_cb, true},
 };
 static const im_rpc_method_t session_methods[] = {
-    {online_cb, true},
-    {offline_cb, true},
-    {heartbeat_cb, true},
+    {online_cb, true},     {offline_cb, true},    {heartbeat_cb, true},
+    {connect_cb, true},    {disconnect_cb, true},
 };
 
 static im_err_t add_service(lg_rpc_t *r, const ProtobufCServiceDescriptor *sd,

@@ -43,6 +43,7 @@
 #define LG_GATEWAY_ID_MAX 64
 #define LG_SESSION_ID_MAX 64
 #define LG_SESSION_TTL_DEFAULT_MS 30000
+#define LG_SESSION_BATCH_MAX 1000 /* sessions per Session.Connect / Disconnect call */
 
 typedef struct lg_session_s lg_session_t;
 
