@@ -53,13 +53,17 @@ static void send_answer(gw_service_t *svc, gw_call_t *c, const Im__V1__SendRespo
     gw__buf_send(svc, c->session_id, b, &w);
 }
 
+static void flush_lane(gw_service_t *svc, size_t lane);
+
 /* A SendBatch is back: each of its sends gets its own result, or the call's
- * failure. */
+ * failure; then its lane sends what waited meanwhile. */
 static void send_batch_done(gw_service_t *svc, gw_call_t *bc)
 {
     const Im__V1__SendBatchResponse *r = (const Im__V1__SendBatchResponse *)bc->resp;
     bool whole = bc->code == IM_RPC_OK && r != NULL && r->n_results == bc->n_members;
 
+    if (bc->code == IM_RPC_UNAVAILABLE || bc->code == IM_RPC_DEADLINE_EXCEEDED)
+        svc->client_down_until[bc->client] = im_mono_ms() + GW_CLIENT_DOWN_MS;
     for (size_t i = 0; i < bc->n_members; i++) {
         gw_call_t *c = bc->members[i];
         const Im__V1__SendResult *res = whole ? r->results[i] : NULL;
@@ -76,29 +80,73 @@ static void send_batch_done(gw_service_t *svc, gw_call_t *bc)
         send_answer(svc, c, whole && res->code == IM_RPC_OK ? res->response : NULL);
         gw__call_free(c);
     }
+    svc->lanes[bc->lane].busy = false;
+    flush_lane(svc, bc->lane);
+}
+
+/* The lanes, GW_SEND_LANES per logic client, made on first use. */
+static void lanes_init(gw_service_t *svc)
+{
+    if (svc->lanes != NULL)
+        return;
+    svc->n_lanes = GW_SEND_LANES * svc->n_clients;
+    svc->lanes = im_calloc(svc->n_lanes, sizeof(*svc->lanes));
+    svc->client_down_until = im_calloc(svc->n_clients, sizeof(*svc->client_down_until));
+}
+
+/* The lane of a conversation: the same on every gateway given the same
+ * --logic list, so a conversation's sends reach one logic instance, which
+ * gives them seqs in the order each gateway sent them. */
+static size_t lane_of(const gw_service_t *svc, uint64_t sender, uint64_t to_user,
+                      uint64_t to_group)
+{
+    uint64_t lo = sender < to_user ? sender : to_user, hi = sender < to_user ? to_user : sender;
+    uint64_t h = to_group ? to_group * 0x9E3779B97F4A7C15ull
+                          : (lo * 0x9E3779B97F4A7C15ull) ^ (hi * 0xC2B2AE3D27D4EB4Full);
+
+    h ^= h >> 29;
+    return (size_t)(h % svc->n_lanes);
+}
+
+/* Sends the lane's waiting sends (up to GW_SEND_BATCH_MAX) as one SendBatch
+ * unless one is in flight.  The lane's logic client, or the next one up
+ * when that one failed lately. */
+static void flush_lane(gw_service_t *svc, size_t lane)
+{
+    Im__V1__SendBatchRequest req = IM__V1__SEND_BATCH_REQUEST__INIT;
+    gw_lane_t *l = &svc->lanes[lane];
+    Im__V1__SendRequest **sends;
+    uint64_t now = im_mono_ms();
+    size_t n = l->n < GW_SEND_BATCH_MAX ? l->n : GW_SEND_BATCH_MAX, client = lane % svc->n_clients;
+    gw_call_t *bc;
+
+    if (l->busy || n == 0)
+        return;
+    for (size_t k = 0; k < svc->n_clients && svc->client_down_until[client] > now; k++)
+        client = (client + 1) % svc->n_clients;
+    bc = gw__call_new(svc, GW_CALL_SEND, send_batch_done);
+    bc->members = im_malloc(n * sizeof(*bc->members));
+    memcpy(bc->members, l->q, n * sizeof(*bc->members));
+    bc->n_members = n;
+    bc->lane = lane;
+    bc->client = client;
+    l->n -= n;
+    memmove(l->q, l->q + n, l->n * sizeof(*l->q));
+    l->busy = true;
+    sends = im_malloc(n * sizeof(*sends));
+    for (size_t i = 0; i < n; i++)
+        sends[i] = bc->members[i]->send;
+    req.sends = sends;
+    req.n_sends = n;
+    svc->send_batches++;
+    gw__call_to(svc, bc, client, &im__v1__message__descriptor, GW_METHOD_SEND_BATCH, &req.base);
+    im_free(sends);
 }
 
 void gw__flush_sends(gw_service_t *svc)
 {
-    Im__V1__SendBatchRequest req = IM__V1__SEND_BATCH_REQUEST__INIT;
-    Im__V1__SendRequest **sends;
-    gw_call_t *bc;
-
-    if (svc->n_batch == 0)
-        return;
-    bc = gw__call_new(svc, GW_CALL_SEND, send_batch_done);
-    bc->members = svc->batch;
-    bc->n_members = svc->n_batch;
-    svc->batch = NULL;
-    svc->n_batch = 0;
-    sends = im_malloc(bc->n_members * sizeof(*sends));
-    for (size_t i = 0; i < bc->n_members; i++)
-        sends[i] = bc->members[i]->send;
-    req.sends = sends;
-    req.n_sends = bc->n_members;
-    svc->send_batches++;
-    gw__call(svc, bc, &im__v1__message__descriptor, GW_METHOD_SEND_BATCH, &req.base);
-    im_free(sends);
+    for (size_t i = 0; i < svc->n_lanes; i++)
+        flush_lane(svc, i);
 }
 
 /* ------------------------------------------------------------ sync */
@@ -211,13 +259,15 @@ static void convs_done(gw_service_t *svc, gw_call_t *c)
 
 /* ------------------------------------------------------------ requests */
 
-/* Queues the send for this turn's SendBatch: every send read in one turn of
- * the loop goes to logic in one call (flushed by a task posted behind the
- * reads, or at once when GW_SEND_BATCH_MAX are waiting). */
+/* Queues the send on its conversation's lane.  A lane with nothing in
+ * flight sends once the loop has handled what it read (so the sends of one
+ * turn travel together); one with a SendBatch in flight sends when that is
+ * answered, with everything that came meanwhile. */
 static void start_send(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *r, gw_call_t *c)
 {
     Im__V1__SendRequest *req = im_malloc(sizeof(*req));
     char origin[128];
+    gw_lane_t *l;
 
     im__v1__send_request__init(req);
     snprintf(origin, sizeof(origin), "%s/%" PRIx64, gw_instance_id(svc->gw), f->session_id);
@@ -229,12 +279,14 @@ static void start_send(gw_service_t *svc, const gw_frame_t *f, const gw_req_t *r
     req->origin_session = im_strdup(origin);
     c->send = req;
     svc->sends++;
-    if (svc->batch == NULL)
-        svc->batch = im_malloc(GW_SEND_BATCH_MAX * sizeof(*svc->batch));
-    svc->batch[svc->n_batch++] = c;
-    if (svc->n_batch == GW_SEND_BATCH_MAX)
-        gw__flush_sends(svc);
-    else
+    lanes_init(svc);
+    l = &svc->lanes[lane_of(svc, req->sender, req->to_user, req->to_group)];
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->q = im_realloc(l->q, l->cap * sizeof(*l->q));
+    }
+    l->q[l->n++] = c;
+    if (!l->busy)
         gw__flush_soon(svc);
 }
 

@@ -111,6 +111,13 @@ void gw__call(gw_service_t *svc, gw_call_t *c, const ProtobufCServiceDescriptor 
               unsigned method, const ProtobufCMessage *req)
 {
     unsigned i = atomic_fetch_add(&svc->next_client, 1) % (unsigned)svc->n_clients;
+
+    gw__call_to(svc, c, i, sd, method, req);
+}
+
+void gw__call_to(gw_service_t *svc, gw_call_t *c, size_t i, const ProtobufCServiceDescriptor *sd,
+                 unsigned method, const ProtobufCMessage *req)
+{
     im_err_t rc;
 
     atomic_fetch_add(&svc->outstanding, 1);
@@ -993,11 +1000,15 @@ void gw_service_free(gw_service_t *svc)
     gw_service_stop(svc);
     for (size_t i = 0; i < svc->n_clients; i++)
         im_rpc_client_free(svc->clients[i]);
-    for (size_t i = 0; i < svc->n_batch; i++) /* the loop never ran again */
-        gw__call_free(svc->batch[i]);
-    im_free(svc->batch);
     im_free(svc->connects);
     im_free(svc->disconnects);
+    for (size_t i = 0; i < svc->n_lanes; i++) {
+        for (size_t j = 0; j < svc->lanes[i].n; j++) /* the loop never ran again */
+            gw__call_free(svc->lanes[i].q[j]);
+        im_free(svc->lanes[i].q);
+    }
+    im_free(svc->lanes);
+    im_free(svc->client_down_until);
     IM_MAP_FOREACH(&svc->sessions, key, val)
     {
         im_free(((gw_sess_t *)val)->groups);

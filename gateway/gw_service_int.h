@@ -21,13 +21,22 @@
 #include "im_rpc.h"
 
 #define GW_CID_MAX 64
-#define GW_SEND_BATCH_MAX 256  /* sends per SendBatch call at most */
+#define GW_SEND_BATCH_MAX 1000 /* sends per SendBatch call at most (logic's limit) */
+#define GW_SEND_LANES 4        /* lanes per logic client */
+#define GW_CLIENT_DOWN_MS 1000 /* a client that failed a SendBatch is skipped this long */
 #define GW_METHOD_SEND_BATCH 6 /* Message.SendBatch's index in im.proto */
 #define GW_SESSION_BATCH_MAX 256 /* sessions per Session.Connect / Disconnect call */
 #define GW_METHOD_CONNECT 3      /* Session.Connect's index in im.proto */
 #define GW_METHOD_DISCONNECT 4   /* Session.Disconnect's index */
 
 typedef struct gw_call_s gw_call_t;
+
+/* One lane of sends (see gw_service_s.lanes). */
+typedef struct {
+    gw_call_t **q; /* waiting, in arrival order */
+    size_t n, cap;
+    bool busy; /* a SendBatch of this lane is in flight */
+} gw_lane_t;
 
 /* A session as the service sees it (loop thread). */
 typedef struct {
@@ -62,10 +71,12 @@ struct gw_service_s {
     im_map_t groups;   /* group id -> gw_members_t */
     /* Counters (loop thread). */
     uint64_t sends, acks, send_errors, delivered, deliveries, resyncs, send_batches;
-    /* Sends collected in this turn of the loop, sent as one SendBatch when
-     * the loop has handled what it read (gw_frames.c). */
-    gw_call_t **batch;
-    size_t n_batch;
+    /* Sends waiting for their lane (gw_frames.c): a conversation's sends
+     * always take the same lane, and a lane has one SendBatch in flight at a
+     * time, so they reach logic in the order they were read. */
+    gw_lane_t *lanes;
+    size_t n_lanes;
+    uint64_t *client_down_until; /* [n_clients], mono ms: skipped by lanes until then */
     /* Sessions opened / closed in this turn, as (id, user) pairs: one
      * Session.Connect / Disconnect each turn. */
     uint64_t *connects, *disconnects;
@@ -106,9 +117,10 @@ struct gw_call_s {
     ProtobufCMessage *resp;
     /* A send waiting for its turn's SendBatch: its request (owned). */
     Im__V1__SendRequest *send;
-    /* A SendBatch: the sends it carries, answered and freed by its done. */
+    /* A SendBatch: the sends it carries, answered and freed by its done;
+     * its lane and logic client. */
     gw_call_t **members;
-    size_t n_members;
+    size_t n_members, lane, client;
     /* A Session.Connect / Disconnect: (session id, user) of each, in order. */
     uint64_t *pairs;
     size_t n_pairs;
@@ -117,7 +129,8 @@ struct gw_call_s {
 /* Frees c, its request and result (not its members). */
 void gw__call_free(gw_call_t *c);
 
-/* Sends the SendBatch of the sends collected so far (gw_frames.c), if any. */
+/* Sends a SendBatch for every lane with sends waiting and none in flight
+ * (gw_frames.c). */
 void gw__flush_sends(gw_service_t *svc);
 
 /* Makes sure the batches collected in this turn of the loop (sends,
@@ -130,6 +143,9 @@ void gw__flush_soon(gw_service_t *svc);
  * UNAVAILABLE.  c is freed after done returns. */
 void gw__call(gw_service_t *svc, gw_call_t *c, const ProtobufCServiceDescriptor *sd,
               unsigned method, const ProtobufCMessage *req);
+/* As gw__call, on logic client i. */
+void gw__call_to(gw_service_t *svc, gw_call_t *c, size_t i, const ProtobufCServiceDescriptor *sd,
+                 unsigned method, const ProtobufCMessage *req);
 gw_call_t *gw__call_new(gw_service_t *svc, gw_call_kind_t kind, gw_call_done_fn done);
 
 /* "<code>: text" of a status message, split: code into buf (the gRPC code's

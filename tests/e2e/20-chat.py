@@ -308,9 +308,11 @@ GROUP_BURST = 100
 
 async def send_burst_is_batched(sys_):
     """One client sending 300 messages without waiting for acks: 300 acks,
-    one per cid, each a distinct message of the conversation, the peer gets
-    each once, and the gateway made fewer SendBatch calls to logic than there
-    were sends (the sends read in one loop turn share one call)."""
+    one per cid, each a distinct message of the conversation with seqs in the
+    order they were sent (two logic instances run: the conversation's lane
+    takes them all to one, one batch at a time), the peer gets each once and
+    in that order, and the gateway made fewer SendBatch calls to logic than
+    there were sends (the sends read in one loop turn share one call)."""
     a, b = sys_.signup("burst"), sys_.signup("burst")
     gw = sys_.gateways[0]
     async with sys_.ws(0, a) as wa, sys_.ws(1, b) as wb:
@@ -330,12 +332,16 @@ async def send_burst_is_batched(sys_):
         eq(len({x["seq"] for x in acks.values()}), BURST, "distinct seqs")
         eq({x["conv"] for x in acks.values()}, {acks[cids[0]]["conv"]}, "one conversation")
         true(not any(x.get("duplicate") for x in acks.values()), "no ack is a duplicate")
-        got = {}
+        seqs = [int(acks[c]["seq"]) for c in cids]
+        eq(seqs, sorted(seqs), "seqs in the order the client sent")
+        got, order = {}, []
         while len(got) < BURST:
             m = await recv_type(wb, "msg")
             true(m["id"] not in got, "message %s delivered twice" % m["id"])
             got[m["id"]] = m["body"]
+            order.append(m["body"])
         eq(got, {x["id"]: "burst " + c for c, x in acks.items()}, "the peer got each message")
+        eq(order, ["burst " + c for c in cids], "the peer got them in the order sent")
         await nothing(wa)
         after = gw.metrics()
     sends = after["im_gateway_sends_total"] - before["im_gateway_sends_total"]
