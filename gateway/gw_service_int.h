@@ -22,7 +22,7 @@
 
 #define GW_CID_MAX 64
 #define GW_SEND_BATCH_MAX 1000 /* sends per SendBatch call at most (logic's limit) */
-#define GW_SEND_LANES 4        /* lanes per logic client */
+#define GW_SEND_LANES 16       /* lanes per logic client */
 #define GW_CLIENT_DOWN_MS 1000 /* a client that failed a SendBatch is skipped this long */
 #define GW_METHOD_SEND_BATCH 6 /* Message.SendBatch's index in im.proto */
 #define GW_SESSION_BATCH_MAX 256 /* sessions per Session.Connect / Disconnect call */
