@@ -53,14 +53,17 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
  * and KEYS[2i+1] its sender's deleted mark.  Returns {check_until or "" when
  * KEYS[1] is missing or from another run (the caller computes and sets it),
  * then per send: 1, "" when claimed; 0, the key's value when not; 2, "" when
- * the sender's account is deleted}. */
+ * the sender's account is deleted}.  A sender's mark is read once per call. */
 static const char claim_lua[] =
     "local v = redis.call('GET', KEYS[1]) or ''\n"
     "local rid, untl = string.match(v, '^(%S+) (%d+)$')\n"
-    "local out = {''}\n"
+    "local out, gone = {''}, {}\n"
     "if rid == ARGV[2] then out[1] = untl end\n"
     "for i = 2, #KEYS, 2 do\n"
-    "  if redis.call('EXISTS', KEYS[i + 1]) == 1 then\n"
+    "  if gone[KEYS[i + 1]] == nil then\n"
+    "    gone[KEYS[i + 1]] = redis.call('EXISTS', KEYS[i + 1]) == 1\n"
+    "  end\n"
+    "  if gone[KEYS[i + 1]] then\n"
     "    out[#out + 1] = 2; out[#out + 1] = ''\n"
     "  elseif redis.call('SET', KEYS[i], 'pending', 'NX', 'PX', ARGV[1]) then\n"
     "    out[#out + 1] = 1; out[#out + 1] = ''\n"

@@ -79,14 +79,25 @@ static const char next_lua[] =
 /* The next script's common case for many hashes at once: KEYS the hashes
  * (repeats allowed), ARGV[1] the run_id.  out[i] is the seq, or 0 when that
  * hash needs init or reserve (nothing consumed; the caller takes the slow
- * path, which finds out which). */
+ * path, which finds out which).  Each hash is read once and its counter
+ * written once, however often it repeats; a counter is written with %.0f,
+ * exact below 2^53 (Lua's default number format keeps only 14 digits). */
 static const char next_many_lua[] =
-    "local out = {}\n"
+    "local out, st = {}, {}\n"
     "for i, k in ipairs(KEYS) do\n"
-    "  local v = redis.call('HMGET', k, 'n', 'c', 'r')\n"
-    "  if v[1] and v[3] == ARGV[1] and tonumber(v[1]) < tonumber(v[2] or '0') then\n"
-    "    out[i] = redis.call('HINCRBY', k, 'n', 1)\n"
+    "  local s = st[k]\n"
+    "  if s == nil then\n"
+    "    local v = redis.call('HMGET', k, 'n', 'c', 'r')\n"
+    "    s = {ok = v[1] ~= false and v[3] == ARGV[1], n = tonumber(v[1] or '0'),\n"
+    "         c = tonumber(v[2] or '0'), dirty = false}\n"
+    "    st[k] = s\n"
+    "  end\n"
+    "  if s.ok and s.n < s.c then\n"
+    "    s.n = s.n + 1; s.dirty = true; out[i] = s.n\n"
     "  else out[i] = 0 end\n"
+    "end\n"
+    "for k, s in pairs(st) do\n"
+    "  if s.dirty then redis.call('HSET', k, 'n', string.format('%.0f', s.n)) end\n"
     "end\n"
     "return out\n";
 

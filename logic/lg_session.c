@@ -40,14 +40,19 @@ static const char online_lua[] = LUA_GATEWAY_OF
 static const char offline_lua[] = LUA_GATEWAY_OF "redis.call('ZREM', KEYS[1], ARGV[1])\n"
     LUA_COUNT_LIVE "return live\n";
 
-/* KEYS: route sets.  Returns, per key, the distinct live gateways. */
+/* KEYS: route sets.  Returns, per key, the distinct live gateways.  Each
+ * gateway's lease is read once per call (a batch names many users on few
+ * gateways). */
 static const char routes_lua[] = LUA_GATEWAY_OF
-    "local out = {}\n"
+    "local out, alive = {}, {}\n"
     "for i, k in ipairs(KEYS) do\n"
     "  local gws, seen = {}, {}\n"
     "  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do\n"
     "    local gw = gw_of(m)\n"
-    "    if gw and redis.call('EXISTS', 'im:gw:' .. gw) == 1 then\n"
+    "    if gw and alive[gw] == nil then\n"
+    "      alive[gw] = redis.call('EXISTS', 'im:gw:' .. gw) == 1\n"
+    "    end\n"
+    "    if gw and alive[gw] then\n"
     "      if not seen[gw] then seen[gw] = true; gws[#gws + 1] = gw end\n"
     "    else redis.call('ZREM', k, m) end\n"
     "  end\n"

@@ -473,6 +473,35 @@ static void next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_t 
         IM__FAIL("lg_seq_next_many: %zu of %zu failed, want %zu", failed, n, want_failed);
 }
 
+/* The one-script path counts in Lua numbers (doubles) and writes the counter
+ * back as text: near 2^52 every digit must survive (Lua's default format
+ * keeps 14). */
+TEST(seq_next_many_exact_near_2_pow_52)
+{
+    char x[64], key[96];
+    const char *convs[] = {x, x, x};
+    uint64_t out[3];
+    im_err_t errs[3];
+    im_redis_reply_t *rep;
+    lg_seq_t *s = seq_new(rd, db, 0);
+
+    conv_name(x, sizeof(x), "many-big");
+    ASSERT_U64_EQ(next(s, x), 1); /* the hash exists, of this run */
+    snprintf(key, sizeof(key), "im:seq:%s", x);
+    ASSERT_EQ(im_redis_command(rd, NULL, "HSET %s n 4503599627370486 c 4503599627370596", key),
+              IM_OK);
+    next_many(s, convs, 3, out, errs, 0);
+    ASSERT_U64_EQ(out[0], UINT64_C(4503599627370487));
+    ASSERT_U64_EQ(out[1], UINT64_C(4503599627370488));
+    ASSERT_U64_EQ(out[2], UINT64_C(4503599627370489));
+    ASSERT_EQ(im_redis_command(rd, &rep, "HGET %s n", key), IM_OK);
+    ASSERT_STR_EQ(im_redis_reply_str(rep, NULL), "4503599627370489");
+    im_redis_reply_free(rep);
+    ASSERT_U64_EQ(next(s, x), UINT64_C(4503599627370490));
+    redis_ok(rd, "DEL %s", key);
+    lg_seq_free(s);
+}
+
 /* Each conv gets, occurrence by occurrence in array order, the seqs that n
  * calls of lg_seq_next would give: its first use (init, slow path) and a live
  * lease (one script) alike, and lg_seq_next continues after them. */
@@ -752,6 +781,7 @@ int main(void)
     RUN(seq_stale_hash_from_other_run);
     RUN(seq_db_row_lost_under_live_redis);
     RUN(seq_next_many_repeats_in_array_order);
+    RUN(seq_next_many_exact_near_2_pow_52);
     RUN(seq_next_many_crosses_leases_mid_array);
     RUN(seq_next_many_with_another_allocator_no_duplicates);
     RUN(seq_next_many_lost_and_stale_hashes);
