@@ -655,6 +655,16 @@ im_err_t im_amqp_publisher_poll(im_amqp_publisher_t *pub, int timeout_ms)
     return err;
 }
 
+int im_amqp_fd(const im_amqp_conn_t *conn)
+{
+    return conn != NULL && conn->amqp != NULL ? amqp_get_sockfd(conn->amqp) : -1;
+}
+
+bool im_amqp_publisher_buffered(const im_amqp_publisher_t *pub)
+{
+    return frames_ready(pub->conn->amqp);
+}
+
 static int remaining_ms(uint64_t deadline_ms)
 {
     uint64_t now = im_mono_ms();

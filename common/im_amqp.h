@@ -185,6 +185,13 @@ im_err_t im_amqp_publish(im_amqp_publisher_t *pub, const char *exchange, const c
  * that is IM_OK. */
 im_err_t im_amqp_publisher_poll(im_amqp_publisher_t *pub, int timeout_ms);
 
+/* For owners that wait on the socket themselves (poll() on it with other
+ * fds, then im_amqp_publisher_poll(pub, 0)): the connection's socket, -1 when
+ * closed; and whether frames are already buffered in the library, which a
+ * poll() on the socket would not show (poll them first, do not wait). */
+int im_amqp_fd(const im_amqp_conn_t *conn);
+bool im_amqp_publisher_buffered(const im_amqp_publisher_t *pub);
+
 /* Messages published and not yet reported. */
 unsigned im_amqp_publisher_outstanding(const im_amqp_publisher_t *pub);
 

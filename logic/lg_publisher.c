@@ -1,14 +1,18 @@
 #include "lg_publisher.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "im_alloc.h"
 #include "im_log.h"
 #include "im_time.h"
 
 #define IDLE_WAIT_MS    200 /* idle: wake this often to service heartbeats */
+#define CONFIRM_WAIT_MS 100 /* confirms due: wake at least this often (deadlines) */
 #define BACKOFF_MIN_MS  50
 #define BACKOFF_MAX_MS  2000
 
@@ -39,7 +43,7 @@ struct lg_publisher_s {
     bool started;
 
     pthread_mutex_t lock; /* guards submitted, stopping, stats */
-    pthread_cond_t cond;
+    int wake_fd;          /* eventfd: a submit into an empty list, or stop */
     req_list_t submitted;
     bool stopping;
     uint64_t grace_deadline_ms;
@@ -132,8 +136,40 @@ lg_publisher_t *lg_publisher_new(const im_amqp_config_t *amqp, unsigned window)
     p->window = window;
     p->inflight = im_calloc(window, sizeof(*p->inflight));
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
+    p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->wake_fd < 0) {
+        im_log_error("publisher: eventfd failed");
+        lg_publisher_free(p);
+        return NULL;
+    }
     return p;
+}
+
+static void wake_up(lg_publisher_t *p)
+{
+    uint64_t one = 1;
+
+    if (write(p->wake_fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is saturated, so a wakeup is pending anyway. */
+    }
+}
+
+/* Sleeps until the broker sends something (confirms, heartbeats), a submit
+ * wakes it (unless listen_wake is false: the window is full and new work
+ * could not be published anyway) or timeout_ms pass. */
+static void wait_for_work(lg_publisher_t *p, bool listen_wake, int timeout_ms)
+{
+    struct pollfd fds[2] = {{.fd = im_amqp_fd(p->conn), .events = POLLIN},
+                            {.fd = p->wake_fd, .events = POLLIN}};
+    uint64_t n;
+
+    if (im_amqp_publisher_buffered(p->pub))
+        return;
+    if (poll(fds, listen_wake ? 2 : 1, timeout_ms) > 0 && (fds[1].revents & POLLIN)) {
+        if (read(p->wake_fd, &n, sizeof(n)) < 0) {
+            /* EAGAIN: another read took it */
+        }
+    }
 }
 
 im_err_t lg_publisher_submit(lg_publisher_t *p, const char *exchange, const char *routing_key,
@@ -163,9 +199,10 @@ im_err_t lg_publisher_submit(lg_publisher_t *p, const char *exchange, const char
     wake = p->submitted.head == NULL;
     list_push(&p->submitted, r);
     pthread_mutex_unlock(&p->lock);
-    /* The thread only sleeps on the condition when it had nothing queued. */
+    /* The thread empties the list before it sleeps: only the first submit
+     * into an empty list needs to wake it. */
     if (wake)
-        pthread_cond_signal(&p->cond);
+        wake_up(p);
     return IM_OK;
 }
 
@@ -338,7 +375,7 @@ static void *publisher_main(void *arg)
     lg_publisher_t *p = arg;
 
     for (;;) {
-        bool stopping, idle;
+        bool stopping, window_full;
         uint64_t now = im_mono_ms(), grace_deadline;
 
         if (!ensure_connected(p))
@@ -347,16 +384,6 @@ static void *publisher_main(void *arg)
         list_splice(&p->ready, &p->submitted);
         stopping = p->stopping;
         grace_deadline = p->grace_deadline_ms;
-        idle = p->ready.head == NULL && p->ninflight == 0;
-        if (idle && !stopping) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += IDLE_WAIT_MS * 1000000L;
-            until.tv_sec += until.tv_nsec / 1000000000L;
-            until.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&p->cond, &p->lock, &until);
-            list_splice(&p->ready, &p->submitted);
-        }
         pthread_mutex_unlock(&p->lock);
         if (stopping && ((p->ready.head == NULL && p->ninflight == 0) || now >= grace_deadline))
             break;
@@ -364,13 +391,11 @@ static void *publisher_main(void *arg)
         expire_ready(p, now);
         if (!publish_ready(p))
             continue; /* lost: reconnect at the top */
-        /* Wait briefly for confirms when some are due and nothing more can be
-         * published now (none ready, or the window is full: polling without a
-         * wait then would spin); just service the socket otherwise. */
-        if (im_amqp_publisher_poll(p->pub, p->ninflight &&
-                                               (p->ready.head == NULL || p->ninflight >= p->window)
-                                           ? 1
-                                           : 0) == IM_ECLOSED)
+        /* Nothing more can go out now (none ready, or the window is full):
+         * sleep on the socket and the wakeup fd, not in a polling loop. */
+        window_full = p->ready.head != NULL;
+        wait_for_work(p, !window_full, p->ninflight ? CONFIRM_WAIT_MS : IDLE_WAIT_MS);
+        if (im_amqp_publisher_poll(p->pub, 0) == IM_ECLOSED)
             continue;
     }
     fail_all_held(p);
@@ -409,7 +434,7 @@ void lg_publisher_stop(lg_publisher_t *p, unsigned grace_ms)
     p->stopping = true;
     p->grace_deadline_ms = im_mono_ms() + grace_ms;
     pthread_mutex_unlock(&p->lock);
-    pthread_cond_signal(&p->cond);
+    wake_up(p);
     pthread_join(p->thread, NULL);
 }
 
@@ -419,7 +444,8 @@ void lg_publisher_free(lg_publisher_t *p)
         return;
     lg_publisher_stop(p, 0);
     pthread_mutex_destroy(&p->lock);
-    pthread_cond_destroy(&p->cond);
+    if (p->wake_fd >= 0)
+        close(p->wake_fd);
     im_free(p->inflight);
     im_free(p->host);
     im_free(p->user);
