@@ -16,6 +16,8 @@ PACKAGES=(
     # client libraries and code generators
     librabbitmq-dev libmariadb-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler
     protobuf-compiler libgrpc-dev libwebsockets-dev libsodium-dev libjwt-dev libjsmn-dev
+    # the gateway runs lws on a libev (epoll) loop through the evlib-ev plugin
+    libev-dev libwebsockets-evlib-ev
     # servers run by scripts/infra.sh (mariadb-client provides the mariadb/mariadb-admin CLI)
     rabbitmq-server mariadb-server mariadb-client redis-server
     # fuzzing and sanitizers

@@ -18,6 +18,7 @@ RUN apt-get update \
         build-essential cmake pkg-config git ca-certificates \
         librabbitmq-dev libmariadb-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler \
         protobuf-compiler libgrpc-dev libwebsockets-dev libsodium-dev libjwt-dev libjsmn-dev \
+        libev-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole tree: configuring needs every CMakeLists.txt (tests/ and benchmark/ included),
@@ -30,10 +31,12 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DIM_WERROR=ON \
 FROM debian:bookworm-slim
 # One package per library the binary links (ldd + dpkg -S): librabbitmq.so.4, libsodium.so.23,
 # libgrpc.so.29 + libgpr.so.29 (libgrpc29: it brings abseil, re2, c-ares, OpenSSL, zlib,
-# libstdc++), libprotobuf-c.so.1, libwebsockets.so.17 (brings libcap2).
+# libstdc++), libprotobuf-c.so.1, libwebsockets.so.17 (brings libcap2), libev.so.4 and lws's
+# libev plugin, which lws loads at run time (the gateway's epoll loop).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        librabbitmq4 libsodium23 libgrpc29 libprotobuf-c1 libwebsockets17 \
+        librabbitmq4 libsodium23 libgrpc29 libprotobuf-c1 libwebsockets17 libev4 \
+        libwebsockets-evlib-ev \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 im \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

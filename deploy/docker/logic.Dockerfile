@@ -17,6 +17,7 @@ RUN apt-get update \
         build-essential cmake pkg-config git ca-certificates \
         librabbitmq-dev libmariadb-dev libhiredis-dev libprotobuf-c-dev protobuf-c-compiler \
         protobuf-compiler libgrpc-dev libwebsockets-dev libsodium-dev libjwt-dev libjsmn-dev \
+        libev-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole tree: configuring needs every CMakeLists.txt (tests/ and benchmark/ included),

@@ -425,6 +425,14 @@ def check_dockerfile(binary, path, bins, known, ignore):
     return info
 
 
+# Libraries a binary loads with dlopen at run time, which ldd cannot see: the
+# packages that must be in its image besides those of its linked libraries.
+PLUGINS = {
+    # lws loads its libev event-loop plugin when the gateway asks for libev
+    "gateway": ["libwebsockets-evlib-ev"],
+}
+
+
 def check_runtime_packages(path, binary, exe, final):
     pkgs = [p for w, a in final["instrs"] if w == "RUN" for p in apt_installs(a)]
     libs = ldd_libs(exe)
@@ -446,10 +454,12 @@ def check_runtime_packages(path, binary, exe, final):
     if direct is None:
         R.skip("%s: direct libraries (objdump not installed)" % path)
     else:
-        want = sorted({owners.get(s) for s in direct if owners.get(s)} - {"libc6"})
+        want = sorted(({owners.get(s) for s in direct if owners.get(s)} - {"libc6"})
+                      | set(PLUGINS.get(binary, [])))
         R.check(sorted(set(pkgs)) == want,
                 "%s: runtime packages are exactly those of the libraries %s links directly "
-                "(%s -> %s)" % (path, binary, " ".join(direct), " ".join(want)),
+                "and its run-time plugins (%s -> %s)" % (path, binary, " ".join(direct),
+                                                           " ".join(want)),
                 "installs " + " ".join(sorted(pkgs)))
     closure = apt_closure(pkgs)
     if closure is None:
