@@ -458,6 +458,32 @@ im_err_t im_mysql_prepare(im_mysql_t *db, const char *sql, im_mysql_stmt_t **out
     return IM_OK;
 }
 
+im_err_t im_mysql_prepare_rows(im_mysql_t *db, im_mysql_stmt_t **slot, const char *head,
+                               const char *tuple, size_t rows, const char *tail)
+{
+    size_t head_len = strlen(head), tuple_len = strlen(tuple), tail_len = strlen(tail);
+    char *sql, *p;
+    im_err_t err;
+
+    if (*slot != NULL)
+        return IM_OK;
+    p = sql = im_malloc(head_len + rows * (tuple_len + 1) + tail_len + 1);
+    memcpy(p, head, head_len);
+    p += head_len;
+    for (size_t i = 0; i < rows; i++) {
+        if (i > 0)
+            *p++ = ',';
+        memcpy(p, tuple, tuple_len);
+        p += tuple_len;
+    }
+    memcpy(p, tail, tail_len + 1);
+    err = im_mysql_prepare(db, sql, slot);
+    if (err != IM_OK)
+        im_log_error("mysql: preparing %.80s... (%zu rows): %s", sql, rows, im_mysql_error(db));
+    im_free(sql);
+    return err;
+}
+
 void im_mysql_stmt_free(im_mysql_stmt_t *st)
 {
     if (st == NULL)

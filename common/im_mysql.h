@@ -121,6 +121,13 @@ typedef struct im_mysql_stmt_s im_mysql_stmt_t;
  * frees what is left. */
 im_err_t im_mysql_prepare(im_mysql_t *db, const char *sql, im_mysql_stmt_t **out);
 
+/* Prepares head + rows copies of tuple joined by "," + tail into *slot unless
+ * *slot is set already: the statements of multi-row INSERTs and of IN lists
+ * ("... IN (" "?" ")", or "((?,?)" pairs), one per size the caller uses.
+ * Returns IM_OK or the error of im_mysql_prepare (logged). */
+im_err_t im_mysql_prepare_rows(im_mysql_t *db, im_mysql_stmt_t **slot, const char *head,
+                               const char *tuple, size_t rows, const char *tail);
+
 /* Frees st (the server-side statement too).  NULL is fine. */
 void im_mysql_stmt_free(im_mysql_stmt_t *st);
 

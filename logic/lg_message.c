@@ -481,22 +481,13 @@ static const size_t find_sizes[FIND_SIZES] = {1, 8, 64};
 
 static im_mysql_stmt_t *find_stmt(lg_message_t *m, size_t k)
 {
-    char sql[64 * 8 + 256];
-    size_t n;
-
-    if (m->find_sent[k] != NULL)
-        return m->find_sent[k];
-    n = (size_t)snprintf(sql, sizeof(sql),
-                         "SELECT id, conv_id, seq, created_at_ms, sender_id, client_msg_id "
-                         "FROM messages WHERE (sender_id, client_msg_id) IN (");
-    for (size_t i = 0; i < find_sizes[k]; i++)
-        n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s(?,?)", i ? "," : "");
-    snprintf(sql + n, sizeof(sql) - n, ")");
-    if (im_mysql_prepare(m->db, sql, &m->find_sent[k]) != IM_OK)
-        m->find_sent[k] = NULL;
+    if (im_mysql_prepare_rows(m->db, &m->find_sent[k],
+                              "SELECT id, conv_id, seq, created_at_ms, sender_id, client_msg_id "
+                              "FROM messages WHERE (sender_id, client_msg_id) IN (",
+                              "(?,?)", find_sizes[k], ")") != IM_OK)
+        return NULL;
     return m->find_sent[k];
 }
-
 /* Looks up the sends at[0..n) (n <= the largest FIND_SIZES) in the table:
  * each one found becomes a duplicate answer.  Returns the query's result. */
 static im_err_t find_chunk(lg_message_t *m, item_t **at, size_t n)

@@ -116,28 +116,7 @@ static im_err_t ensure_open(lg_store_t *s)
 static im_err_t prepare_rows(lg_store_t *s, im_mysql_stmt_t **slot, const char *head,
                              const char *tuple, size_t rows, const char *tail)
 {
-    size_t head_len = strlen(head), tuple_len = strlen(tuple), tail_len = strlen(tail);
-    char *sql, *p;
-    size_t i;
-    im_err_t err;
-
-    if (*slot != NULL)
-        return IM_OK;
-    p = sql = im_malloc(head_len + rows * (tuple_len + 1) + tail_len + 1);
-    memcpy(p, head, head_len);
-    p += head_len;
-    for (i = 0; i < rows; i++) {
-        if (i > 0)
-            *p++ = ',';
-        memcpy(p, tuple, tuple_len);
-        p += tuple_len;
-    }
-    memcpy(p, tail, tail_len + 1);
-    err = im_mysql_prepare(s->db, sql, slot);
-    if (err != IM_OK)
-        im_log_error("store: preparing %.80s... (%zu rows): %s", sql, rows, im_mysql_error(s->db));
-    im_free(sql);
-    return err;
+    return im_mysql_prepare_rows(s->db, slot, head, tuple, rows, tail);
 }
 
 /* Prepares a single statement with the store's table name in place of %s. */
