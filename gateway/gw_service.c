@@ -458,6 +458,10 @@ static void connect_done(gw_service_t *svc, gw_call_t *bc)
             gw_session_close(svc->gw, id, 1011, "try again later");
             continue;
         }
+        if (res->n_group_ids == 0) { /* no group key to wait for */
+            session_ready(svc, s);
+            continue;
+        }
         for (size_t g = 0; g < res->n_group_ids; g++)
             gw__group_add(svc, s, res->group_ids[g]);
         gw_deliver_barrier(svc->deliver, bound_cb, barrier_new(svc, id));

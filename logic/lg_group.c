@@ -1,12 +1,16 @@
 #include "lg_group.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "im_alloc.h"
 #include "im_time.h"
 #include "im_utf8.h"
 #include "lg_auth.h"
+
+#define IDS_OF_SIZES 3 /* users per lg_group_ids_of query: 1, 8 or 64 */
+static const size_t ids_of_sizes[IDS_OF_SIZES] = {1, 8, 64};
 
 /* Room for any name the table holds (VARCHAR(64) of up to 4-byte characters). */
 #define NAME_BUF (4 * LG_GROUP_NAME_MAX + 1)
@@ -32,6 +36,7 @@ struct lg_group_s {
     size_t rows_cap;
     uint64_t *members;
     size_t members_cap;
+    im_mysql_stmt_t *ids_of[IDS_OF_SIZES]; /* prepared on first use */
 };
 
 static const struct {
@@ -85,6 +90,8 @@ void lg_group_free(lg_group_t *g)
         return;
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++)
         im_mysql_stmt_free(*(im_mysql_stmt_t **)(void *)((char *)g + statements[i].offset));
+    for (size_t k = 0; k < IDS_OF_SIZES; k++)
+        im_mysql_stmt_free(g->ids_of[k]);
     im_free(g->rows);
     im_free(g->row_ptrs);
     im_free(g->members);
@@ -302,5 +309,71 @@ im_rpc_code_t lg_group_mine(lg_group_t *g, const Im__V1__MyGroupsRequest *req,
     }
     resp->n_groups = n;
     resp->groups = g->row_ptrs;
+    return IM_RPC_OK;
+}
+
+/* ---------------------------------------------------------------- many users */
+
+static int membership_cmp(const void *a, const void *b)
+{
+    const lg_membership_t *x = a, *y = b;
+
+    if (x->user != y->user)
+        return x->user < y->user ? -1 : 1;
+    return (x->group > y->group) - (x->group < y->group);
+}
+
+im_rpc_code_t lg_group_ids_of(lg_group_t *g, const uint64_t *users, size_t n,
+                              lg_membership_t **out, size_t *n_out, char *msg, size_t msglen)
+{
+    size_t max = ids_of_sizes[IDS_OF_SIZES - 1], count = 0, cap = 0;
+    lg_membership_t *rows = NULL;
+    im_err_t rc = IM_OK;
+
+    for (size_t done = 0; done < n && rc == IM_OK;) {
+        size_t chunk = n - done < max ? n - done : max, k = 0;
+        im_mysql_stmt_t *st;
+
+        while (ids_of_sizes[k] < chunk)
+            k++;
+        rc = im_mysql_prepare_rows(g->db, &g->ids_of[k],
+                                   "SELECT user_id, group_id FROM group_members WHERE user_id IN (",
+                                   "?", ids_of_sizes[k], ")");
+        if (rc != IM_OK)
+            break;
+        st = g->ids_of[k];
+        for (size_t i = 0; i < ids_of_sizes[k]; i++) /* unused places repeat the first */
+            im_mysql_bind_u64(st, (unsigned)i, users[done + (i < chunk ? i : 0)]);
+        rc = im_mysql_stmt_exec(st);
+        while (rc == IM_OK && (rc = im_mysql_stmt_next(st)) == IM_OK) {
+            if (count == cap) {
+                cap = cap ? 2 * cap : 64;
+                rows = im_realloc(rows, cap * sizeof(*rows));
+            }
+            rows[count].user = im_mysql_col_u64(st, 0);
+            rows[count++].group = im_mysql_col_u64(st, 1);
+        }
+        if (rc == IM_ENOENT)
+            rc = IM_OK;
+        done += chunk;
+    }
+    if (rc != IM_OK) {
+        im_free(rows);
+        *out = NULL;
+        *n_out = 0;
+        return lg__db_status(g->db, rc, "group: ids of users", msg, msglen);
+    }
+    /* A user named in two chunks came back twice: once is enough. */
+    if (count > 1) {
+        size_t w = 1;
+
+        qsort(rows, count, sizeof(*rows), membership_cmp);
+        for (size_t i = 1; i < count; i++)
+            if (membership_cmp(&rows[i], &rows[w - 1]) != 0)
+                rows[w++] = rows[i];
+        count = w;
+    }
+    *out = rows;
+    *n_out = count;
     return IM_RPC_OK;
 }

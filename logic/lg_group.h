@@ -61,4 +61,16 @@ im_rpc_code_t lg_group_members(lg_group_t *g, const Im__V1__GroupRequest *req,
 im_rpc_code_t lg_group_mine(lg_group_t *g, const Im__V1__MyGroupsRequest *req,
                             Im__V1__MyGroupsResponse *resp, char *msg, size_t msglen);
 
+/* One (user, group) membership of lg_group_ids_of(). */
+typedef struct {
+    uint64_t user, group;
+} lg_membership_t;
+
+/* The groups of each of users[0..n) (repeats allowed), as Mine would list
+ * them but ids only, in a few queries for the whole list: *out (im_free it)
+ * gets *n_out rows sorted by user, then group.  Returns IM_RPC_OK, or the
+ * database status with msg set (*out NULL). */
+im_rpc_code_t lg_group_ids_of(lg_group_t *g, const uint64_t *users, size_t n,
+                              lg_membership_t **out, size_t *n_out, char *msg, size_t msglen);
+
 #endif

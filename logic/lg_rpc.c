@@ -422,6 +422,52 @@ static void session_change(im_rpc_call_t *call, lg_rpc_t *r, bool online)
     session_give(r, s);
 }
 
+/* Connect's groups: those of every routed session's user, in one query per
+ * 64 users; groups_error on the sessions when the database fails. */
+static void connect_groups(session_t *s, const Im__V1__SessionBatchRequest *req,
+                           Im__V1__SessionResult *res, bool db_ok)
+{
+    uint64_t *users = im_calloc(req->n_sessions ? req->n_sessions : 1, sizeof(*users));
+    lg_membership_t *rows = NULL;
+    size_t n = 0, n_rows = 0;
+    char msg[256];
+    im_rpc_code_t code = IM_RPC_UNAVAILABLE;
+
+    snprintf(msg, sizeof(msg), "db_unavailable: the database is unavailable");
+    for (size_t i = 0; i < req->n_sessions; i++)
+        if (res[i].code == IM_RPC_OK)
+            users[n++] = req->sessions[i]->user_id;
+    if (n > 0 && db_ok)
+        code = lg_group_ids_of(s->group, users, n, &rows, &n_rows, msg, sizeof(msg));
+    for (size_t i = 0; n > 0 && i < req->n_sessions; i++) {
+        uint64_t user = req->sessions[i]->user_id;
+        size_t lo = 0, hi = n_rows;
+
+        if (res[i].code != IM_RPC_OK)
+            continue;
+        if (code != IM_RPC_OK) {
+            res[i].groups_error = im_strdup(msg);
+            continue;
+        }
+        while (lo < hi) { /* the user's first row */
+            size_t mid = lo + (hi - lo) / 2;
+
+            if (rows[mid].user < user)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        for (hi = lo; hi < n_rows && rows[hi].user == user; hi++)
+            ;
+        res[i].group_ids = im_calloc(hi > lo ? hi - lo : 1, sizeof(uint64_t));
+        for (size_t g = lo; g < hi; g++)
+            res[i].group_ids[g - lo] = rows[g].group;
+        res[i].n_group_ids = hi - lo;
+    }
+    im_free(rows);
+    im_free(users);
+}
+
 /* Connect (online true: Online and Mine) or Disconnect (Offline) for each
  * session of a batch.  Presence goes out after the answer, as for one. */
 static void session_batch(im_rpc_call_t *call, lg_rpc_t *r, bool online)
@@ -472,26 +518,9 @@ static void session_batch(im_rpc_call_t *call, lg_rpc_t *r, bool online)
         res[i].session = &sres[i];
         if (online ? sres[i].first : sres[i].last)
             notify[n_notify++] = sr->user_id;
-        if (!online)
-            continue;
-        if (!db_ok) {
-            res[i].groups_error = im_strdup("db_unavailable: the database is unavailable");
-        } else {
-            Im__V1__MyGroupsRequest mreq = IM__V1__MY_GROUPS_REQUEST__INIT;
-            Im__V1__MyGroupsResponse mresp = IM__V1__MY_GROUPS_RESPONSE__INIT;
-
-            mreq.user_id = sr->user_id;
-            if (lg_group_mine(s->group, &mreq, &mresp, msg, sizeof(msg)) != IM_RPC_OK) {
-                res[i].groups_error = im_strdup(msg);
-                continue;
-            }
-            /* Copied: the next Mine reuses the group's buffers. */
-            res[i].group_ids = im_calloc(mresp.n_groups ? mresp.n_groups : 1, sizeof(uint64_t));
-            for (size_t g = 0; g < mresp.n_groups; g++)
-                res[i].group_ids[g] = mresp.groups[g]->id;
-            res[i].n_group_ids = mresp.n_groups;
-        }
     }
+    if (online)
+        connect_groups(s, req, res, db_ok);
     resp.results = ptrs;
     resp.n_results = n;
     im_rpc_reply(call, &resp.base);
