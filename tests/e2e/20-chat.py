@@ -10,13 +10,16 @@ RabbitMQ, MariaDB and Redis.
   - receipts and typing reach the other side;
   - bad input gets clear error frames; the REST API's errors are JSON;
   - a burst of sends from one client is acked send by send, and reaches
-    logic in fewer SendBatch calls than sends.
+    logic in fewer SendBatch calls than sends;
+  - 50 sessions opened at once (registered by Session.Connect) are all
+    ready and routed, and closed at once (Session.Disconnect) all go offline.
 
 Usage: 20-chat.py <logic binary> <gateway binary>   (IM_STATE_DIR: infra)
 """
 import asyncio
 import json
 import sys
+import time
 
 import websockets
 
@@ -381,11 +384,87 @@ async def send_burst_is_batched(sys_):
         await nothing(o1)
 
 
+STORM = 50
+
+
+async def peers_online(sys_, user, peers):
+    """{peer id: peer_online} of user's direct conversations with peers."""
+    status, body = sys_.api("GET", "/api/v1/conversations", None, user["token"], gw=1)
+    eq(status, 200, "conversations (%r)" % body)
+    return {c["peer"]: c["peer_online"] for c in body["conversations"] if c["peer"] in peers}
+
+
+async def presence_of(ws, ids, online, timeout=10):
+    """Waits for a presence frame (online or not) of each of ids."""
+    left, deadline = set(ids), time.monotonic() + timeout
+    while left:
+        f = await recv(ws, max(0.1, deadline - time.monotonic()))
+        if f["type"] == "presence" and f["online"] == online:
+            left.discard(f["user"])
+        elif f["type"] == "error":
+            raise AssertionError("waiting for presence, got %r" % f)
+        if left and time.monotonic() > deadline:
+            break
+    eq(left, set(), "no %s presence of these users" % ("online" if online else "offline"))
+
+
+async def connect_burst_is_batched(sys_):
+    """50 WebSockets of distinct users opened at once on one gateway (the
+    gateway registers the sessions of a loop turn with one Session.Connect):
+    each hears "ready", is routed to (a peer sees it online, and a message
+    to it arrives live), and its peer hears its presence.  All closed at once
+    (one Session.Disconnect per turn): each goes offline, the peer hears
+    that too.  (Neither service counts Session calls, so how many were made
+    is not checked.)"""
+    users = [sys_.signup("cb") for _ in range(STORM)]
+    ids = {u["id"] for u in users}
+    peer = sys_.signup("cbpeer")
+    gw = sys_.gateways[0]
+    before = gw.metrics()
+    async with sys_.ws(1, peer) as p:
+        await ready(p)
+        # A direct chat with each, so each one's presence reaches the peer.
+        for i, u in enumerate(users):
+            await send(p, "cb-%d" % i, "before", user=u["id"])
+            await recv_type(p, "ack")
+        for _ in range(100):  # user_convs rows are written with the messages
+            online = await peers_online(sys_, peer, ids)
+            if len(online) == STORM:
+                break
+            await asyncio.sleep(0.1)
+        eq(online, {i: False for i in ids}, "a conversation with each, nobody online")
+        conns = await asyncio.gather(*(sys_.ws(0, u).__aenter__() for u in users))
+        try:
+            await asyncio.gather(*(ready(ws) for ws in conns))
+            await presence_of(p, ids, True)
+            eq(await peers_online(sys_, peer, ids), {i: True for i in ids}, "all routed")
+            for i, u in enumerate(users):
+                await send(p, "cb-live-%d" % i, "live %d" % i, user=u["id"])
+                await recv_type(p, "ack")
+            for i, ws in enumerate(conns):
+                m = await recv_type(ws, "msg")
+                eq((m["body"], m["from"]), ("live %d" % i, peer["id"]), "live to user %d" % i)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+        await presence_of(p, ids, False)
+        for _ in range(50):
+            online = await peers_online(sys_, peer, ids)
+            if not any(online.values()):
+                break
+            await asyncio.sleep(0.1)
+        eq(online, {i: False for i in ids}, "all taken offline")
+    after = gw.metrics()
+    true(after["im_gateway_connections_total"] - before["im_gateway_connections_total"] >= STORM,
+         "connections counted")
+    print("     %d sessions opened and closed at once" % STORM, flush=True)
+
+
 def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
         for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
-                     deleted_account, connect_storm, metrics_move, send_burst_is_batched):
+                     deleted_account, connect_storm, metrics_move, send_burst_is_batched,
+                     connect_burst_is_batched):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
 
