@@ -397,14 +397,15 @@ async def peers_online(sys_, user, peers):
 async def presence_of(ws, ids, online, timeout=10):
     """Waits for a presence frame (online or not) of each of ids."""
     left, deadline = set(ids), time.monotonic() + timeout
-    while left:
-        f = await recv(ws, max(0.1, deadline - time.monotonic()))
+    while left and time.monotonic() < deadline:
+        try:
+            f = await recv(ws, max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            break
         if f["type"] == "presence" and f["online"] == online:
             left.discard(f["user"])
         elif f["type"] == "error":
             raise AssertionError("waiting for presence, got %r" % f)
-        if left and time.monotonic() > deadline:
-            break
     eq(left, set(), "no %s presence of these users" % ("online" if online else "offline"))
 
 
