@@ -239,7 +239,10 @@ void gw_free(gw_t *gw)
         return;
     gw__io_free(gw); /* the last connections close (and their hooks run) here */
     if (gw->posts != NULL) {
-        gw__run_posts(gw);
+        /* Until none is left: a task may post another (a batch flushed now
+         * fails at once, and its answer is a task too). */
+        while (gw__run_posts(gw) > 0)
+            ;
         im_queue_free(gw->posts);
     }
     /* Timers first: they live inside the sessions. */
@@ -291,9 +294,10 @@ void gw_post(gw_t *gw, gw_task_cb fn, void *arg)
     im_queue_push(gw->posts, &p->node);
 }
 
-void gw__run_posts(gw_t *gw)
+size_t gw__run_posts(gw_t *gw)
 {
     im_queue_node_t *n, *next;
+    size_t ran = 0;
 
     for (n = im_queue_drain(gw->posts); n != NULL; n = next) {
         post_t *p = IM_QUEUE_ENTRY(n, post_t, node);
@@ -302,7 +306,9 @@ void gw__run_posts(gw_t *gw)
         gw->metrics.posts++;
         p->fn(gw, p->arg);
         im_free(p);
+        ran++;
     }
+    return ran;
 }
 
 /* ---- ticks and shutdown ---- */

@@ -89,9 +89,10 @@ static void lanes_init(gw_service_t *svc)
 {
     if (svc->lanes != NULL)
         return;
-    svc->n_lanes = GW_SEND_LANES * svc->n_clients;
+    svc->n_lanes = GW_SEND_LANES * (svc->n_clients ? svc->n_clients : 1);
     svc->lanes = im_calloc(svc->n_lanes, sizeof(*svc->lanes));
-    svc->client_down_until = im_calloc(svc->n_clients, sizeof(*svc->client_down_until));
+    svc->client_down_until =
+        im_calloc(svc->n_clients ? svc->n_clients : 1, sizeof(*svc->client_down_until));
 }
 
 /* The lane of a conversation: the same on every gateway given the same
@@ -117,11 +118,23 @@ static void flush_lane(gw_service_t *svc, size_t lane)
     gw_lane_t *l = &svc->lanes[lane];
     Im__V1__SendRequest **sends;
     uint64_t now = im_mono_ms();
-    size_t n = l->n < GW_SEND_BATCH_MAX ? l->n : GW_SEND_BATCH_MAX, client = lane % svc->n_clients;
+    size_t n = 0, bytes = 0;
+    size_t client = svc->n_clients ? lane % svc->n_clients : 0; /* 0 after stop: fails */
     gw_call_t *bc;
 
-    if (l->busy || n == 0)
+    if (l->busy || l->n == 0)
         return;
+    /* At most GW_SEND_BATCH_MAX sends and, by their size packed, about
+     * GW_SEND_BATCH_BYTES (always at least one): well under the 4 MiB a gRPC
+     * message may have, so a few big bodies cannot fail a whole lane. */
+    while (n < l->n && n < GW_SEND_BATCH_MAX) {
+        size_t one = im__v1__send_request__get_packed_size(l->q[n]->send);
+
+        if (n > 0 && bytes + one > GW_SEND_BATCH_BYTES)
+            break;
+        bytes += one;
+        n++;
+    }
     for (size_t k = 0; k < svc->n_clients && svc->client_down_until[client] > now; k++)
         client = (client + 1) % svc->n_clients;
     bc = gw__call_new(svc, GW_CALL_SEND, send_batch_done);

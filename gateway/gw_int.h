@@ -113,8 +113,9 @@ im_err_t gw__auth(gw_t *gw, const char *token, size_t len, im_jwt_claims_t *out)
 /* The housekeeping tick (every GW_TICK_MS): timers, stop requests. */
 void gw__tick(gw_t *gw);
 
-/* Runs every closure queued by gw_post. */
-void gw__run_posts(gw_t *gw);
+/* Runs every closure queued by gw_post (those queued meanwhile wait for the
+ * next call); returns how many ran. */
+size_t gw__run_posts(gw_t *gw);
 
 /* 1 when gw_run's loop may end: stopping and every session gone, or the
  * shutdown deadline passed. */

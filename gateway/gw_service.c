@@ -87,7 +87,6 @@ static void call_done_task(gw_t *gw, void *arg)
     gw_call_t *c = arg;
 
     (void)gw;
-    atomic_fetch_sub(&c->svc->outstanding, 1);
     if (c->done != NULL)
         c->done(c->svc, c);
     gw__call_free(c);
@@ -104,25 +103,32 @@ static void rpc_done_cb(void *arg, im_rpc_result_t *res)
     res->resp = NULL;
     if (c->code == IM_RPC_UNAVAILABLE || c->code == IM_RPC_DEADLINE_EXCEEDED)
         atomic_store(&c->svc->logic_ok, false);
+    atomic_fetch_sub(&c->svc->outstanding, 1); /* answered: gw_service_stop may go on */
     gw_post(c->svc->gw, call_done_task, c);
 }
 
 void gw__call(gw_service_t *svc, gw_call_t *c, const ProtobufCServiceDescriptor *sd,
               unsigned method, const ProtobufCMessage *req)
 {
-    unsigned i = atomic_fetch_add(&svc->next_client, 1) % (unsigned)svc->n_clients;
+    unsigned next = atomic_fetch_add(&svc->next_client, 1);
 
-    gw__call_to(svc, c, i, sd, method, req);
+    gw__call_to(svc, c, svc->n_clients ? next % svc->n_clients : 0, sd, method, req);
 }
 
 void gw__call_to(gw_service_t *svc, gw_call_t *c, size_t i, const ProtobufCServiceDescriptor *sd,
                  unsigned method, const ProtobufCMessage *req)
 {
-    im_err_t rc;
+    im_err_t rc = IM_ECLOSED;
 
-    atomic_fetch_add(&svc->outstanding, 1);
-    rc = im_rpc_call(svc->clients[i], sd, method, req, svc->cfg.rpc_timeout_ms, NULL, 0,
-                     rpc_done_cb, c);
+    /* After gw_service_stop there are no clients: what is still flushed
+     * (sessions closed by gw_free) fails here, at once. */
+    if (i < svc->n_clients) {
+        atomic_fetch_add(&svc->outstanding, 1);
+        rc = im_rpc_call(svc->clients[i], sd, method, req, svc->cfg.rpc_timeout_ms, NULL, 0,
+                         rpc_done_cb, c);
+        if (rc != IM_OK)
+            atomic_fetch_sub(&svc->outstanding, 1);
+    }
     if (rc != IM_OK) {
         c->code = IM_RPC_UNAVAILABLE;
         c->message = im_strdup("unavailable: the logic service cannot be called");
@@ -388,7 +394,6 @@ static void bound_task(gw_t *gw, void *arg)
     gw_sess_t *s = im_map_get(&b->svc->sessions, b->session_id);
 
     (void)gw;
-    atomic_fetch_sub(&b->svc->outstanding, 1);
     if (s != NULL)
         session_ready(b->svc, s);
     im_free(b);
@@ -398,6 +403,7 @@ static void bound_cb(void *arg)
 {
     barrier_ctx_t *b = arg;
 
+    atomic_fetch_sub(&b->svc->outstanding, 1);
     gw_post(b->svc->gw, bound_task, b);
 }
 
@@ -512,15 +518,20 @@ static void flush_sessions(gw_service_t *svc, bool connect)
     im_free(reqs);
 }
 
+static void flush_all(gw_service_t *svc)
+{
+    flush_sessions(svc, true);
+    flush_sessions(svc, false);
+    gw__flush_sends(svc);
+}
+
 static void flush_task(gw_t *gw, void *arg)
 {
     gw_service_t *svc = arg;
 
     (void)gw;
     svc->flush_posted = false;
-    flush_sessions(svc, true);
-    flush_sessions(svc, false);
-    gw__flush_sends(svc);
+    flush_all(svc);
 }
 
 void gw__flush_soon(gw_service_t *svc)
@@ -984,6 +995,10 @@ void gw_service_stop(gw_service_t *svc)
     /* Freed now, while gw is alive: waiting barriers fire and post to it. */
     gw_deliver_free(svc->deliver);
     svc->deliver = NULL;
+    /* The loop has stopped (this is its thread or it is gone): the batches
+     * its last turn collected, the Disconnects of the sessions closed at
+     * shutdown above all, go out now. */
+    flush_all(svc);
     /* Offline calls of the sessions closed at shutdown: give them a second. */
     for (int i = 0; i < 100 && atomic_load(&svc->outstanding) > 0; i++) {
         struct timespec ts = {0, 10 * 1000000L};

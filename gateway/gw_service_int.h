@@ -22,6 +22,7 @@
 
 #define GW_CID_MAX 64
 #define GW_SEND_BATCH_MAX 1000 /* sends per SendBatch call at most (logic's limit) */
+#define GW_SEND_BATCH_BYTES (1024 * 1024) /* and about this many bytes packed */
 #define GW_SEND_LANES 16       /* lanes per logic client */
 #define GW_CLIENT_DOWN_MS 1000 /* a client that failed a SendBatch is skipped this long */
 #define GW_METHOD_SEND_BATCH 6 /* Message.SendBatch's index in im.proto */

@@ -18,6 +18,7 @@ Usage: 20-chat.py <logic binary> <gateway binary>   (IM_STATE_DIR: infra)
 """
 import asyncio
 import json
+import signal
 import sys
 import time
 
@@ -460,12 +461,44 @@ async def connect_burst_is_batched(sys_):
     print("     %d sessions opened and closed at once" % STORM, flush=True)
 
 
+async def stop_with_sessions(sys_):
+    """A gateway stopped (SIGTERM) while its sessions are open: each client
+    gets 1001, the gateway exits 0, and logic hears the sessions go (the
+    peer on another gateway gets the offline presence and sees the user
+    offline) rather than waiting for the gateway's lease to run out."""
+    user, peer = sys_.signup("stop"), sys_.signup("stoppeer")
+    gw = sys_.start_gateway_at(2)  # a third gateway, stopped here
+    try:
+        async with sys_.ws(1, peer) as p:
+            await ready(p)
+            await send(p, "st-0", "hello", user=user["id"])
+            await recv_type(p, "ack")
+            uri = "ws://127.0.0.1:%d/ws?token=%s" % (gw.port, user["token"])
+            async with websockets.connect(uri) as u:
+                await ready(u)
+                await presence_of(p, {user["id"]}, True)
+                stopping = asyncio.ensure_future(gw.astop(signal.SIGTERM, timeout=10))
+                code = None
+                try:
+                    await asyncio.wait_for(u.recv(), 5)
+                except websockets.exceptions.ConnectionClosed as e:
+                    code = e.code
+                eq(code, 1001, "close code")
+                eq(await stopping, 0, "gateway exit status after SIGTERM with a session open")
+            await presence_of(p, {user["id"]}, False)
+            eq(await peers_online(sys_, peer, {user["id"]}), {user["id"]: False},
+               "the user is offline at once")
+    finally:
+        gw.__exit__(None, None, None)
+    print("     stopped with a session open: exit 0, 1001, offline", flush=True)
+
+
 def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
         for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
                      deleted_account, connect_storm, metrics_move, send_burst_is_batched,
-                     connect_burst_is_batched):
+                     connect_burst_is_batched, stop_with_sessions):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
 
