@@ -377,17 +377,16 @@ static uint64_t check_until(lg_message_t *m, const char *run_id)
 
 /* Deletes the claimed keys of the sends that will not be published after
  * all (release set): a key must not say "pending" for a day.  Pipelined. */
-static void release_keys(im_redis_t *r, batch_t *b, const bool *release)
+static void release_keys(im_redis_t *r, char *const *keys, size_t n)
 {
     size_t queued = 0;
 
-    for (size_t i = 0; i < b->n; i++)
-        if (release[i] && im_redis_append(r, "DEL %s", b->items[i].key) == IM_OK)
+    for (size_t i = 0; i < n; i++)
+        if (im_redis_append(r, "DEL %s", keys[i]) == IM_OK)
             queued++;
     for (size_t i = 0; i < queued; i++)
         im_redis_get_reply(r, NULL);
 }
-
 /* Claims the dedup keys of the sends admitted so far, in one script: those
  * claimed get go, the others an answer (duplicate) or a refusal.  Sets
  * *check_db when Redis may have lost records. */
@@ -537,7 +536,8 @@ static void find_stored_all(lg_message_t *m, batch_t *b)
 {
     size_t max = find_sizes[FIND_SIZES - 1], n = 0;
     item_t **at = im_malloc(max * sizeof(*at));
-    bool *release = im_calloc(b->n, sizeof(*release));
+    char **release = im_calloc(b->n, sizeof(*release));
+    size_t n_release = 0;
     char msg[256];
 
     for (size_t i = 0; i <= b->n; i++) {
@@ -556,11 +556,12 @@ static void find_stored_all(lg_message_t *m, batch_t *b)
                 refuse(b->sh, at[j], code, msg);
             else if (at[j]->dup)
                 at[j]->go = false;
-            release[at[j] - b->items] = rc != IM_OK || at[j]->dup;
+            if (rc != IM_OK || at[j]->dup)
+                release[n_release++] = at[j]->key;
         }
         n = 0;
     }
-    release_keys(m->redis, b, release);
+    release_keys(m->redis, release, n_release);
     im_free(release);
     im_free(at);
 }
@@ -787,8 +788,8 @@ static bool publish_all(lg_message_t *m, batch_t *b)
     uint64_t *seqs = im_calloc(b->n, sizeof(*seqs)), stripes = 0;
     im_err_t *errs = im_calloc(b->n, sizeof(*errs));
     Im__V1__ChatMessage **msgs = im_calloc(b->n, sizeof(*msgs));
-    bool *release = im_calloc(b->n, sizeof(*release));
-    size_t k = 0;
+    char (*release)[KEY_MAX] = NULL, **keys; /* keys of sends refused here */
+    size_t k = 0, n_release = 0;
 
     _Static_assert(LG_SEND_STRIPES <= 64, "stripes are a 64-bit mask");
     for (size_t i = 0; i < b->n; i++)
@@ -811,7 +812,9 @@ static bool publish_all(lg_message_t *m, batch_t *b)
         if (errs[j] != IM_OK) {
             im_log_warn("send: seq for %s: %s", it->conv, im_strerror(errs[j]));
             refuse(b->sh, it, IM_RPC_UNAVAILABLE, "seq_unavailable: try again");
-            release[i] = true;
+            if (release == NULL)
+                release = im_calloc(b->n, sizeof(*release));
+            memcpy(release[n_release++], it->key, KEY_MAX); /* b may be gone by then */
             j++;
             continue;
         }
@@ -821,7 +824,6 @@ static bool publish_all(lg_message_t *m, batch_t *b)
         msgs[k++] = &it->msg;
         b->n_go++;
     }
-    release_keys(m->redis, b, release); /* before b may be freed by the confirm */
     if (k > 0) {
         size_t len;
         uint8_t *buf;
@@ -839,6 +841,12 @@ static bool publish_all(lg_message_t *m, batch_t *b)
     for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
         if (stripes & (1ull << s))
             pthread_mutex_unlock(&m->sh->stripes[s]);
+    /* Out of the locks: order does not matter here, and Redis may be slow. */
+    keys = im_calloc(n_release ? n_release : 1, sizeof(*keys));
+    for (size_t i = 0; i < n_release; i++)
+        keys[i] = release[i];
+    release_keys(m->redis, keys, n_release);
+    im_free(keys);
     im_free(release);
     im_free(msgs);
     im_free(errs);

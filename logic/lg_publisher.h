@@ -16,11 +16,13 @@
  *   IM_ETIMEDOUT not published before its deadline (broker unreachable)
  * Nothing submitted is ever dropped without its callback.
  *
- * Order: messages are published in submit order, and their callbacks run in
- * that order too, even when the broker confirms a later one first (it may: a
- * large persistent message goes to its message store, a small one into the
- * queue index).  So a callback that publishes follow-ups (Send's deliveries)
- * sends them in the order the originals were submitted.
+ * Order: messages are published in submit order, and the outcomes of
+ * published ones are reported in that order too, even when the broker
+ * confirms a later one first (it may: a large persistent message goes to its
+ * message store, a small one into the queue index).  So a callback that
+ * publishes follow-ups (Send's deliveries) sends them in the order the
+ * originals were submitted.  A message that fails before it is published
+ * (its deadline passed, the publish call failed) is reported at once.
  *
  * Threads: lg_publisher_submit from any thread; everything else from the
  * thread that created the publisher.

@@ -383,6 +383,7 @@ size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_
                         im_err_t *errs)
 {
     size_t failed = 0;
+    im_err_t down = IM_OK;
 
     if (n == 0)
         return 0;
@@ -395,8 +396,13 @@ size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_
                 errs[i] = errs[j];
                 break;
             }
+        /* A server that stayed unreachable for one conversation (each
+         * lg_seq_next tries one reconnect) fails the rest at once: the
+         * caller holds locks other sends wait for. */
         if (errs[i] == IM_OK && out[i] == 0)
-            errs[i] = lg_seq_next(s, convs[i], &out[i]);
+            errs[i] = down != IM_OK ? down : lg_seq_next(s, convs[i], &out[i]);
+        if (errs[i] == IM_EUNAVAIL || errs[i] == IM_ETIMEDOUT)
+            down = errs[i];
         if (errs[i] != IM_OK) {
             out[i] = 0;
             failed++;

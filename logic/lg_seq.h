@@ -62,7 +62,9 @@ im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out);
  * conversation's lease lasts; the others go through lg_seq_next() after it.
  * errs[i] is IM_OK with out[i] set, or the error for convs[i]; once a
  * conversation failed, its later occurrences fail with the same error (so the
- * ones handed out keep the array's order).  Returns the number that failed. */
+ * ones handed out keep the array's order), and once a server stayed
+ * unreachable (IM_EUNAVAIL, IM_ETIMEDOUT) every later one that needs the slow
+ * path fails with that at once.  Returns the number that failed. */
 size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out,
                         im_err_t *errs);
 

@@ -292,6 +292,8 @@ im_err_t lg_session_routes_many(lg_session_t *s, lg_route_query_t *q, size_t n)
     if (!im_redis_is_open(s->redis))
         im_redis_reconnect(s->redis);
     rc = im_redis_eval(s->redis, &s->routes, (int)nu, (int)nu, args, NULL, &rep);
+    if (rc == IM_OK && im_redis_reply_count(rep) != nu)
+        rc = IM_EPARSE;
     for (size_t i = 0; rc == IM_OK && i < n; i++) {
         for (size_t u = 0; u < q[i].n_users; u++) {
             uint64_t *at = bsearch(&q[i].users[u], users, nu, sizeof(*users), u64_cmp);
