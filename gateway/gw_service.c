@@ -445,6 +445,8 @@ static void connect_done(gw_service_t *svc, gw_call_t *bc)
         if (res == NULL || res->code != IM_RPC_OK) {
             if (res != NULL)
                 im_log_warn("service: Session.Online of user %" PRIu64 ": %s", user, res->error);
+            else /* timed out, maybe after logic routed it: take it offline again */
+                session_batch_add(svc, false, id, user);
             if (s != NULL && res != NULL && res->code == IM_RPC_PERMISSION_DENIED)
                 gw_session_close(svc->gw, id, 1008, "user_deleted");
             else if (s != NULL)

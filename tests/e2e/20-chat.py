@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 
+import pymysql
 import websockets
 
 from imsys import System, nothing, ready, recv, recv_type, send
@@ -388,9 +389,9 @@ async def send_burst_is_batched(sys_):
 STORM = 50
 
 
-async def peers_online(sys_, user, peers):
+async def peers_online(sys_, user, peers, gw=1):
     """{peer id: peer_online} of user's direct conversations with peers."""
-    status, body = sys_.api("GET", "/api/v1/conversations", None, user["token"], gw=1)
+    status, body = sys_.api("GET", "/api/v1/conversations", None, user["token"], gw=gw)
     eq(status, 200, "conversations (%r)" % body)
     return {c["peer"]: c["peer_online"] for c in body["conversations"] if c["peer"] in peers}
 
@@ -473,6 +474,10 @@ async def stop_with_sessions(sys_):
             await ready(p)
             await send(p, "st-0", "hello", user=user["id"])
             await recv_type(p, "ack")
+            for _ in range(100):  # presence finds peers through the stored conversation
+                if await peers_online(sys_, peer, {user["id"]}):
+                    break
+                await asyncio.sleep(0.1)
             uri = "ws://127.0.0.1:%d/ws?token=%s" % (gw.port, user["token"])
             async with websockets.connect(uri) as u:
                 await ready(u)
@@ -493,6 +498,46 @@ async def stop_with_sessions(sys_):
     print("     stopped with a session open: exit 0, 1001, offline", flush=True)
 
 
+async def connect_timed_out(sys_):
+    """A Session.Connect that times out as a whole (here: its group lookup
+    waits for a table lock past the gateway's 1 s deadline) after logic
+    routed the session: the gateway closes the session (1011) and also takes
+    it offline again, so the peer sees the user offline, not routed forever."""
+    env = sys_.env
+    peer, u = sys_.signup("cto"), sys_.signup("cto")
+    async with sys_.ws(0, peer) as p:
+        await ready(p)
+        await send(p, "cto-1", "hi", user=u["id"])
+        await recv_type(p, "ack")
+        for _ in range(100):  # the writer stores the conversation's rows
+            if await peers_online(sys_, peer, {u["id"]}, gw=0):
+                break
+            await asyncio.sleep(0.1)
+        db = pymysql.connect(host=env["IM_MYSQL_HOST"], port=int(env["IM_MYSQL_PORT"]),
+                             user=env["IM_MYSQL_USER"], password=env["IM_MYSQL_PASSWORD"],
+                             database=env["IM_MYSQL_DB"], autocommit=True)
+        try:
+            db.cursor().execute("LOCK TABLES group_members WRITE")
+            code = None
+            try:
+                async with sys_.ws(0, u) as w:
+                    await recv(w, 15)
+            except websockets.exceptions.ConnectionClosed as e:
+                code = e.code
+            eq(code, 1011, "the session whose Connect timed out is closed")
+        finally:
+            db.cursor().execute("UNLOCK TABLES")
+            db.close()
+        online = None
+        for _ in range(50):
+            online = await peers_online(sys_, peer, {u["id"]}, gw=0)
+            if online == {u["id"]: False}:
+                break
+            await asyncio.sleep(0.1)
+        eq(online, {u["id"]: False}, "the user is not left routed")
+    print("     a timed-out Connect leaves nothing routed", flush=True)
+
+
 def main():
     logic_bin, gateway_bin = sys.argv[1], sys.argv[2]
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
@@ -501,6 +546,9 @@ def main():
                      connect_burst_is_batched, stop_with_sessions):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
+    with System(logic_bin, gateway_bin, gateway_args=("--rpc-timeout", "1s")) as sys_:
+        asyncio.run(connect_timed_out(sys_))
+        print("ok  ", connect_timed_out.__name__, flush=True)
 
 
 if __name__ == "__main__":
