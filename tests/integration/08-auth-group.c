@@ -20,6 +20,7 @@
 #include "im_rpc.h"
 #include "im_test.h"
 #include "im_time.h"
+#include "it_chat.h"
 #include "it_env.h"
 #include "it_logic.h"
 
@@ -29,7 +30,6 @@
 static const char *logic_bin;
 static char log_path[64]; /* of the run without a secret */
 static it_logic_t lg = {.tag = "it08"};
-static unsigned serial;
 
 /* Runs the logic binary with args (NULL-terminated), its stderr to log_path. */
 static pid_t spawn_logic(char *const *args)
@@ -50,19 +50,6 @@ static pid_t spawn_logic(char *const *args)
     return pid;
 }
 
-/* A fresh valid username. */
-static void username(char *buf, size_t len, const char *tag)
-{
-    snprintf(buf, len, "%s_%d_%u", tag, (int)getpid() % 100000, ++serial);
-}
-
-static im_rpc_code_t call(const ProtobufCServiceDescriptor *sd, unsigned method,
-                          const ProtobufCMessage *req, ProtobufCMessage **resp, char *msg,
-                          size_t msglen)
-{
-    return im_rpc_call_sync(lg.client, sd, method, req, TIMEOUT_MS, NULL, 0, resp, msg, msglen);
-}
-
 /* Method numbers, in proto/im.proto order. */
 enum { SIGNUP, LOGIN, VERIFY };
 enum { CREATE, JOIN, LEAVE, MEMBERS, MINE };
@@ -76,7 +63,7 @@ static im_rpc_code_t signup(const char *user, const char *pass, uint64_t *id, ch
 
     req.username = (char *)user;
     req.password = (char *)pass;
-    code = call(&im__v1__auth__descriptor, SIGNUP, &req.base, &resp, msg, msglen);
+    code = it_logic_call(&lg, &im__v1__auth__descriptor, SIGNUP, &req.base, &resp, msg, msglen);
     if (code == IM_RPC_OK) {
         *id = ((Im__V1__RegisterResponse *)resp)->user_id;
         protobuf_c_message_free_unpacked(resp, NULL);
@@ -91,8 +78,8 @@ static im_rpc_code_t login(const char *user, const char *pass, Im__V1__LoginResp
 
     req.username = (char *)user;
     req.password = (char *)pass;
-    return call(&im__v1__auth__descriptor, LOGIN, &req.base, (ProtobufCMessage **)out, msg,
-                msglen);
+    return it_logic_call(&lg, &im__v1__auth__descriptor, LOGIN, &req.base, (ProtobufCMessage **)out,
+                         msg, msglen);
 }
 
 static im_rpc_code_t verify(const char *token, char *msg, size_t msglen,
@@ -101,13 +88,8 @@ static im_rpc_code_t verify(const char *token, char *msg, size_t msglen,
     Im__V1__VerifyTokenRequest req = IM__V1__VERIFY_TOKEN_REQUEST__INIT;
 
     req.token = (char *)token;
-    return call(&im__v1__auth__descriptor, VERIFY, &req.base, (ProtobufCMessage **)out, msg,
-                msglen);
-}
-
-static bool starts_with(const char *s, const char *prefix)
-{
-    return strncmp(s, prefix, strlen(prefix)) == 0;
+    return it_logic_call(&lg, &im__v1__auth__descriptor, VERIFY, &req.base,
+                         (ProtobufCMessage **)out, msg, msglen);
 }
 
 TEST(no_secret_without_dev_refuses_to_start)
@@ -138,25 +120,25 @@ TEST(signup_validates_and_rejects_duplicates)
     static const char *bad_names[] = {"ab", "has space", "äöü", "semi;colon",
                                       "a234567890123456789012345678901234"};
 
-    username(user, sizeof(user), "su");
+    it_username(user, sizeof(user), "su");
     ASSERT_EQ(signup(user, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_NE(id, 0);
     ASSERT_EQ(signup(user, "password2", &id2, msg, sizeof(msg)), IM_RPC_ALREADY_EXISTS);
-    ASSERT_TRUE(starts_with(msg, "username_taken: "));
+    ASSERT_TRUE(it_starts_with(msg, "username_taken: "));
     for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
         ASSERT_EQ(signup(bad_names[i], "password1", &id2, msg, sizeof(msg)),
                   IM_RPC_INVALID_ARGUMENT);
-        ASSERT_TRUE(starts_with(msg, "bad_username: "));
+        ASSERT_TRUE(it_starts_with(msg, "bad_username: "));
     }
-    username(user, sizeof(user), "pw");
+    it_username(user, sizeof(user), "pw");
     ASSERT_EQ(signup(user, "short", &id2, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "bad_password: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_password: "));
     {
         char long_pw[130];
         memset(long_pw, 'x', 129);
         long_pw[129] = '\0';
         ASSERT_EQ(signup(user, long_pw, &id2, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-        ASSERT_TRUE(starts_with(msg, "bad_password: "));
+        ASSERT_TRUE(it_starts_with(msg, "bad_password: "));
     }
 }
 
@@ -169,7 +151,7 @@ TEST(login_issues_a_token_that_verifies)
     uint64_t id = 0;
     int64_t now;
 
-    username(user, sizeof(user), "li");
+    it_username(user, sizeof(user), "li");
     ASSERT_EQ(signup(user, "correct horse", &id, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_EQ(login(user, "correct horse", &lr, msg, sizeof(msg)), IM_RPC_OK);
     /* After the login: taken before, a second boundary in between made the
@@ -191,7 +173,7 @@ TEST(login_issues_a_token_that_verifies)
     /* Tampered: one character of the payload changed. */
     lr->token[strchr(lr->token, '.') - lr->token + 3] ^= 1;
     ASSERT_EQ(verify(lr->token, msg, sizeof(msg), &vr), IM_RPC_UNAUTHENTICATED);
-    ASSERT_TRUE(starts_with(msg, "bad_token: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_token: "));
     ASSERT_EQ(verify("not.a.token", msg, sizeof(msg), &vr), IM_RPC_UNAUTHENTICATED);
     protobuf_c_message_free_unpacked(&lr->base, NULL);
 }
@@ -206,11 +188,11 @@ TEST(expired_token_is_rejected_as_expired)
     c.exp = c.iat + 3600;
     ASSERT_EQ(im_jwt_sign(SECRET, strlen(SECRET), &c, token, sizeof(token)), IM_OK);
     ASSERT_EQ(verify(token, msg, sizeof(msg), &vr), IM_RPC_UNAUTHENTICATED);
-    ASSERT_TRUE(starts_with(msg, "token_expired: "));
+    ASSERT_TRUE(it_starts_with(msg, "token_expired: "));
     /* The same claims under another secret are not ours at all. */
     ASSERT_EQ(im_jwt_sign("another-secret", 14, &c, token, sizeof(token)), IM_OK);
     ASSERT_EQ(verify(token, msg, sizeof(msg), &vr), IM_RPC_UNAUTHENTICATED);
-    ASSERT_TRUE(starts_with(msg, "bad_token: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_token: "));
 }
 
 TEST(bad_login_is_the_same_for_wrong_password_and_unknown_user)
@@ -219,11 +201,11 @@ TEST(bad_login_is_the_same_for_wrong_password_and_unknown_user)
     Im__V1__LoginResponse *lr = NULL;
     uint64_t id;
 
-    username(user, sizeof(user), "bl");
-    username(ghost, sizeof(ghost), "ghost");
+    it_username(user, sizeof(user), "bl");
+    it_username(ghost, sizeof(ghost), "ghost");
     ASSERT_EQ(signup(user, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_EQ(login(user, "password2", &lr, msg, sizeof(msg)), IM_RPC_UNAUTHENTICATED);
-    ASSERT_TRUE(starts_with(msg, "bad_credentials: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_credentials: "));
     ASSERT_EQ(login(ghost, "password1", &lr, msg2, sizeof(msg2)), IM_RPC_UNAUTHENTICATED);
     ASSERT_STR_EQ(msg, msg2);
     ASSERT_NULL(lr);
@@ -237,7 +219,7 @@ TEST(usernames_ignore_case_and_tokens_carry_the_stored_spelling)
     im_jwt_claims_t claims;
     uint64_t id = 0, id2 = 0;
 
-    username(user, sizeof(user), "case");
+    it_username(user, sizeof(user), "case");
     for (size_t i = 0; i <= strlen(user); i++)
         upper[i] = (char)toupper((unsigned char)user[i]);
     ASSERT_EQ(signup(user, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
@@ -274,7 +256,7 @@ TEST(parallel_signups_all_succeed_with_distinct_ids)
     for (uintptr_t i = 0; i < PARALLEL; i++) {
         Im__V1__RegisterRequest req = IM__V1__REGISTER_REQUEST__INIT;
 
-        username(names[i], sizeof(names[i]), "par");
+        it_username(names[i], sizeof(names[i]), "par");
         req.username = names[i];
         req.password = "password1";
         ASSERT_EQ(im_rpc_call(lg.client, &im__v1__auth__descriptor, SIGNUP, &req.base, TIMEOUT_MS,
@@ -299,9 +281,11 @@ static Im__V1__GroupResponse *group_call(unsigned method, uint64_t user, uint64_
 
     req.user_id = user;
     req.group_id = group;
-    ASSERT_EQ(call(&im__v1__group__descriptor, method, &req.base, &resp, msg, sizeof(msg)), want);
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__group__descriptor, method, &req.base, &resp, msg, sizeof(msg)),
+        want);
     if (want_prefix != NULL)
-        ASSERT_TRUE(starts_with(msg, want_prefix));
+        ASSERT_TRUE(it_starts_with(msg, want_prefix));
     return (Im__V1__GroupResponse *)resp;
 }
 
@@ -316,21 +300,23 @@ TEST(groups_create_join_members_mine_leave)
     char user[40], msg[256];
     uint64_t owner, bob, eve, gid;
 
-    username(user, sizeof(user), "own");
+    it_username(user, sizeof(user), "own");
     ASSERT_EQ(signup(user, "password1", &owner, msg, sizeof(msg)), IM_RPC_OK);
-    username(user, sizeof(user), "bob");
+    it_username(user, sizeof(user), "bob");
     ASSERT_EQ(signup(user, "password1", &bob, msg, sizeof(msg)), IM_RPC_OK);
-    username(user, sizeof(user), "eve");
+    it_username(user, sizeof(user), "eve");
     ASSERT_EQ(signup(user, "password1", &eve, msg, sizeof(msg)), IM_RPC_OK);
 
     creq.user_id = owner;
     creq.name = "";
-    ASSERT_EQ(call(&im__v1__group__descriptor, CREATE, &creq.base, &resp, msg, sizeof(msg)),
-              IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "bad_name: "));
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__group__descriptor, CREATE, &creq.base, &resp, msg, sizeof(msg)),
+        IM_RPC_INVALID_ARGUMENT);
+    ASSERT_TRUE(it_starts_with(msg, "bad_name: "));
     creq.name = "tea room \xe2\x98\x95";
-    ASSERT_EQ(call(&im__v1__group__descriptor, CREATE, &creq.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__group__descriptor, CREATE, &creq.base, &resp, msg, sizeof(msg)),
+        IM_RPC_OK);
     gr = (Im__V1__GroupResponse *)resp;
     gid = gr->group->id;
     ASSERT_NE(gid, 0);
@@ -356,8 +342,9 @@ TEST(groups_create_join_members_mine_leave)
     group_call(MEMBERS, eve, gid + 1, IM_RPC_NOT_FOUND, "unknown_group: ");
 
     mreq.user_id = bob;
-    ASSERT_EQ(call(&im__v1__group__descriptor, MINE, &mreq.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__group__descriptor, MINE, &mreq.base, &resp, msg, sizeof(msg)),
+        IM_RPC_OK);
     mine = (Im__V1__MyGroupsResponse *)resp;
     ASSERT_EQ(mine->n_groups, 1);
     ASSERT_U64_EQ(mine->groups[0]->id, gid);
@@ -371,8 +358,9 @@ TEST(groups_create_join_members_mine_leave)
     protobuf_c_message_free_unpacked(&gr->base, NULL);
     group_call(MEMBERS, bob, gid, IM_RPC_PERMISSION_DENIED, "not_member: ");
     mreq.user_id = bob;
-    ASSERT_EQ(call(&im__v1__group__descriptor, MINE, &mreq.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__group__descriptor, MINE, &mreq.base, &resp, msg, sizeof(msg)),
+        IM_RPC_OK);
     ASSERT_EQ(((Im__V1__MyGroupsResponse *)resp)->n_groups, 0);
     protobuf_c_message_free_unpacked(resp, NULL);
 }
@@ -386,14 +374,14 @@ TEST(login_brute_force_is_limited_per_username)
     char user[40], other[40], msg[256];
     uint64_t id;
 
-    username(user, sizeof(user), "brute");
-    username(other, sizeof(other), "calm");
+    it_username(user, sizeof(user), "brute");
+    it_username(other, sizeof(other), "calm");
     ASSERT_EQ(signup(user, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_EQ(signup(other, "password1", &id, msg, sizeof(msg)), IM_RPC_OK);
     for (int i = 0; i < 10; i++)
         ASSERT_EQ(login(user, "wrong-password", &lr, msg, sizeof(msg)), IM_RPC_UNAUTHENTICATED);
     ASSERT_EQ(login(user, "password1", &lr, msg, sizeof(msg)), IM_RPC_RESOURCE_EXHAUSTED);
-    ASSERT_TRUE(starts_with(msg, "too_many_attempts: "));
+    ASSERT_TRUE(it_starts_with(msg, "too_many_attempts: "));
     /* The name's case does not get around it. */
     for (char *p = user; *p; p++)
         if (*p >= 'a' && *p <= 'z')
@@ -411,7 +399,6 @@ static void cleanup(void)
 int main(int argc, char **argv)
 {
     static const char *const extra[] = {"--token-ttl", "1h", NULL};
-    int rc;
 
     if (argc < 2) {
         fprintf(stderr, "usage: %s <logic binary>\n", argv[0]);
@@ -435,14 +422,7 @@ int main(int argc, char **argv)
     RUN(usernames_ignore_case_and_tokens_carry_the_stored_spelling);
     RUN(parallel_signups_all_succeed_with_distinct_ids);
     RUN(login_brute_force_is_limited_per_username);
-    if (!it_logic_stop(&lg)) {
-        fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
+    if (!it_logic_stop_checked(&lg))
         return 1;
-    }
-    rc = im_test_done();
-    if (rc == 0)
-        unlink(lg.log_path);
-    else
-        fprintf(stderr, "logic's log: %s\n", lg.log_path);
-    return rc;
+    return it_test_done_log(&lg);
 }

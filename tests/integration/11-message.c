@@ -23,82 +23,20 @@
 #include "im_redis.h"
 #include "im_test.h"
 #include "im_time.h"
+#include "it_chat.h"
 #include "it_env.h"
 #include "it_logic.h"
 #include "it_servers.h"
-
-#define EXCHANGE "im.deliver"
 
 static it_logic_t lg = {.tag = "it11"};
 static im_mysql_t *db;
 static im_redis_t *redis;
 static im_amqp_conn_t *amqp;
-static char fanout_queue[64], gw_a[48], gw_b[48];
-static unsigned serial;
+static it_fanout_t fan;
 
 /* Method numbers, in proto/im.proto order. */
-enum { SIGNUP };
-enum { CREATE, JOIN };
 enum { SEND, SYNC, HISTORY, MARK_READ, CONVERSATIONS, TYPING };
 enum { ONLINE, OFFLINE, HEARTBEAT };
-
-static bool starts_with(const char *s, const char *prefix)
-{
-    return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
-static im_rpc_code_t call(const ProtobufCServiceDescriptor *sd, unsigned method,
-                          const ProtobufCMessage *req, ProtobufCMessage **resp, char *msg,
-                          size_t msglen)
-{
-    return it_logic_call(&lg, sd, method, req, resp, msg, msglen);
-}
-
-static uint64_t new_user(const char *tag)
-{
-    Im__V1__RegisterRequest req = IM__V1__REGISTER_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char name[40], msg[256];
-    uint64_t id;
-
-    snprintf(name, sizeof(name), "%s_%d_%u", tag, (int)getpid() % 100000, ++serial);
-    req.username = name;
-    req.password = "password1";
-    ASSERT_EQ(call(&im__v1__auth__descriptor, SIGNUP, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    id = ((Im__V1__RegisterResponse *)resp)->user_id;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return id;
-}
-
-static uint64_t new_group(uint64_t owner)
-{
-    Im__V1__CreateGroupRequest req = IM__V1__CREATE_GROUP_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-    uint64_t id;
-
-    req.user_id = owner;
-    req.name = "it11 group";
-    ASSERT_EQ(call(&im__v1__group__descriptor, CREATE, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    id = ((Im__V1__GroupResponse *)resp)->group->id;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return id;
-}
-
-static void join(uint64_t user, uint64_t group)
-{
-    Im__V1__GroupRequest req = IM__V1__GROUP_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.group_id = group;
-    ASSERT_EQ(call(&im__v1__group__descriptor, JOIN, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
-}
 
 /* A Send; *out (may be NULL) gets the response to free. */
 static im_rpc_code_t send_msg(uint64_t from, uint64_t to_user, uint64_t to_group, const char *cid,
@@ -114,7 +52,7 @@ static im_rpc_code_t send_msg(uint64_t from, uint64_t to_user, uint64_t to_group
     req.to_group = to_group;
     req.client_msg_id = (char *)cid;
     req.body = (char *)body;
-    code = call(&im__v1__message__descriptor, SEND, &req.base, &resp, msg, msglen);
+    code = it_logic_call(&lg, &im__v1__message__descriptor, SEND, &req.base, &resp, msg, msglen);
     if (out != NULL)
         *out = (Im__V1__SendResponse *)resp;
     else if (resp != NULL)
@@ -122,130 +60,59 @@ static im_rpc_code_t send_msg(uint64_t from, uint64_t to_user, uint64_t to_group
     return code;
 }
 
-static Im__V1__SessionResponse *session(unsigned method, uint64_t user, const char *gw,
-                                        const char *sid, im_rpc_code_t want)
-{
-    Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.gateway_id = (char *)gw;
-    req.session_id = (char *)sid;
-    ASSERT_EQ(call(&im__v1__session__descriptor, method, &req.base, &resp, msg, sizeof(msg)),
-              want);
-    return (Im__V1__SessionResponse *)resp;
-}
-
-static void online(uint64_t user, const char *gw, const char *sid)
-{
-    protobuf_c_message_free_unpacked(&session(ONLINE, user, gw, sid, IM_RPC_OK)->base, NULL);
-}
-
-/* Rows stored with this id, waiting up to 5 s for at least `want`. */
-static uint64_t rows_with_id(uint64_t id, uint64_t want)
-{
-    char sql[128];
-    uint64_t n = 0;
-
-    for (int i = 0; i < 100; i++) {
-        im_mysql_stmt_t *st = NULL;
-
-        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM messages WHERE id = %" PRIu64, id);
-        ASSERT_EQ(im_mysql_prepare(db, sql, &st), IM_OK);
-        ASSERT_EQ(im_mysql_stmt_exec(st), IM_OK);
-        ASSERT_EQ(im_mysql_stmt_next(st), IM_OK);
-        n = im_mysql_col_u64(st, 0);
-        im_mysql_stmt_free(st);
-        if (n >= want)
-            break;
-        it_sleep_ms(50);
-    }
-    return n;
-}
-
-/* The next delivery on our fan-out queue within 3 s, decoded; NULL if none. */
-static Im__V1__Delivery *next_delivery(char *rkey, size_t rkeylen)
-{
-    im_amqp_delivery_t d;
-    Im__V1__Delivery *out;
-
-    if (im_amqp_consumer_next(amqp, 3000, &d) != IM_OK)
-        return NULL;
-    out = im__v1__delivery__unpack(NULL, d.len, d.body);
-    if (rkey != NULL)
-        snprintf(rkey, rkeylen, "%s", d.routing_key);
-    return out;
-}
-
-/* The next delivery, skipping those of other kinds than `want`
- * ('m'essage, 'r'eceipt, 't'yping, 'p'resence, 'g'roup event); NULL after 3 s. */
-static Im__V1__Delivery *next_of_kind(char want, char *rkey, size_t rkeylen)
-{
-    Im__V1__Delivery *d;
-
-    while ((d = next_delivery(rkey, rkeylen)) != NULL) {
-        if ((want == 'm' && d->message) || (want == 'r' && d->receipt) ||
-            (want == 't' && d->typing) || (want == 'p' && d->presence) ||
-            (want == 'g' && d->group_event))
-            return d;
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-    }
-    return NULL;
-}
-
 /* ------------------------------------------------------------ tests */
 
 TEST(session_online_offline_heartbeat)
 {
-    uint64_t u = new_user("ses");
+    uint64_t u = it_new_user(&lg, "ses");
     Im__V1__SessionResponse *r;
 
-    r = session(ONLINE, u, gw_a, "s1", IM_RPC_OK);
+    r = it_session(&lg, ONLINE, u, fan.gw_a, "s1", IM_RPC_OK);
     ASSERT_TRUE(r->first);
     ASSERT_GT(r->ttl_ms, 0);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    r = session(ONLINE, u, gw_b, "s2", IM_RPC_OK);
+    r = it_session(&lg, ONLINE, u, fan.gw_b, "s2", IM_RPC_OK);
     ASSERT_TRUE(!r->first);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    r = session(HEARTBEAT, 0, gw_a, "", IM_RPC_OK);
+    r = it_session(&lg, HEARTBEAT, 0, fan.gw_a, "", IM_RPC_OK);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    r = session(OFFLINE, u, gw_a, "s1", IM_RPC_OK);
+    r = it_session(&lg, OFFLINE, u, fan.gw_a, "s1", IM_RPC_OK);
     ASSERT_TRUE(!r->last);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    r = session(OFFLINE, u, gw_b, "s2", IM_RPC_OK);
+    r = it_session(&lg, OFFLINE, u, fan.gw_b, "s2", IM_RPC_OK);
     ASSERT_TRUE(r->last);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    session(ONLINE, u, "bad/gateway", "s1", IM_RPC_INVALID_ARGUMENT);
-    session(ONLINE, u, gw_a, "", IM_RPC_INVALID_ARGUMENT);
-    session(ONLINE, 0, gw_a, "s1", IM_RPC_INVALID_ARGUMENT);
+    it_session(&lg, ONLINE, u, "bad/gateway", "s1", IM_RPC_INVALID_ARGUMENT);
+    it_session(&lg, ONLINE, u, fan.gw_a, "", IM_RPC_INVALID_ARGUMENT);
+    it_session(&lg, ONLINE, 0, fan.gw_a, "s1", IM_RPC_INVALID_ARGUMENT);
 }
 
 TEST(send_refusals_have_clear_codes)
 {
-    uint64_t a = new_user("ref"), b = new_user("ref"), owner = new_user("ref");
-    uint64_t g = new_group(owner);
+    uint64_t a = it_new_user(&lg, "ref"), b = it_new_user(&lg, "ref"),
+             owner = it_new_user(&lg, "ref");
+    uint64_t g = it_new_group(&lg, owner);
     char big[5000], msg[256];
 
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     ASSERT_EQ(send_msg(a, 0, 0, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "bad_target: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_target: "));
     ASSERT_EQ(send_msg(a, b, g, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "bad_target: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_target: "));
     ASSERT_EQ(send_msg(a, b, 0, "c1", "", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "empty_body: "));
+    ASSERT_TRUE(it_starts_with(msg, "empty_body: "));
     ASSERT_EQ(send_msg(a, b, 0, "c1", big, NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "body_too_large: "));
+    ASSERT_TRUE(it_starts_with(msg, "body_too_large: "));
     ASSERT_EQ(send_msg(a, b, 0, "", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "bad_client_msg_id: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_client_msg_id: "));
     ASSERT_EQ(send_msg(a, b, 0, "c 1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
     ASSERT_EQ(send_msg(a, b + 1000000, 0, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_NOT_FOUND);
-    ASSERT_TRUE(starts_with(msg, "unknown_user: "));
+    ASSERT_TRUE(it_starts_with(msg, "unknown_user: "));
     ASSERT_EQ(send_msg(a, 0, g + 1, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_NOT_FOUND);
-    ASSERT_TRUE(starts_with(msg, "unknown_group: "));
+    ASSERT_TRUE(it_starts_with(msg, "unknown_group: "));
     ASSERT_EQ(send_msg(a, 0, g, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_PERMISSION_DENIED);
-    ASSERT_TRUE(starts_with(msg, "not_member: "));
+    ASSERT_TRUE(it_starts_with(msg, "not_member: "));
     /* Broken UTF-8: refused by logic (or by protobuf decoding), never stored. */
     ASSERT_EQ(send_msg(a, b, 0, "c1", "bad \xc3\x28 utf8", NULL, msg, sizeof(msg)),
               IM_RPC_INVALID_ARGUMENT);
@@ -255,17 +122,17 @@ TEST(send_refusals_have_clear_codes)
 
 TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
 {
-    uint64_t a = new_user("dir"), b = new_user("dir");
+    uint64_t a = it_new_user(&lg, "dir"), b = it_new_user(&lg, "dir");
     Im__V1__SendResponse *r1, *r2;
-    char msg[256], conv[48];
+    char msg[256], conv[48], *window;
 
     ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello \xf0\x9f\x91\x8b", &r1, msg, sizeof(msg)),
               IM_RPC_OK);
-    snprintf(conv, sizeof(conv), "d:%" PRIu64 ":%" PRIu64, a < b ? a : b, a < b ? b : a);
+    it_direct_conv(conv, sizeof(conv), a, b);
     ASSERT_STR_EQ(r1->conv, conv);
     ASSERT_GE(r1->seq, 1);
     ASSERT_TRUE(!r1->duplicate);
-    ASSERT_EQ(rows_with_id(r1->id, 1), 1);
+    ASSERT_EQ(it_rows_with_id(db, r1->id, 1), 1);
     /* The retry: same id, conv and seq, flagged, and no second row. */
     ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_U64_EQ(r2->id, r1->id);
@@ -277,30 +144,15 @@ TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
      * (im:dedup:since, set when the run began: no window if the table was
      * empty then, as on fresh infra), so open that window as a restart
      * would, and put the old one back after. */
-    {
-        im_redis_reply_t *rep = NULL;
-        const char *run_id, *v;
-        char since[96], old[96] = "";
-
-        ASSERT_EQ(im_redis_command(redis, &rep, "GET im:dedup:since"), IM_OK);
-        if ((v = im_redis_reply_str(rep, NULL)) != NULL)
-            snprintf(old, sizeof(old), "%s", v);
-        im_redis_reply_free(rep);
-        ASSERT_EQ(im_redis_run_id(redis, &run_id), IM_OK);
-        snprintf(since, sizeof(since), "%s %" PRIu64, run_id, im_wall_ms() + 3600 * 1000);
-        ASSERT_EQ(im_redis_command(redis, NULL, "SET im:dedup:since %s", since), IM_OK);
-        ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:%" PRIu64 ":m-1", a), IM_OK);
-        ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
-        if (old[0] != '\0')
-            ASSERT_EQ(im_redis_command(redis, NULL, "SET im:dedup:since %s", old), IM_OK);
-        else
-            ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:since"), IM_OK);
-    }
+    window = it_dedup_window_force(redis);
+    ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:%" PRIu64 ":m-1", a), IM_OK);
+    ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
+    it_dedup_window_restore(redis, window);
     ASSERT_U64_EQ(r2->id, r1->id);
     ASSERT_TRUE(r2->duplicate);
     protobuf_c_message_free_unpacked(&r2->base, NULL);
     it_sleep_ms(200); /* the writer's delay, for a second row to show if there were one */
-    ASSERT_EQ(rows_with_id(r1->id, 2), 1);
+    ASSERT_EQ(it_rows_with_id(db, r1->id, 2), 1);
     /* Another sender may use the same client message id. */
     ASSERT_EQ(send_msg(b, a, 0, "m-1", "mine", &r2, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_NE(r2->id, r1->id);
@@ -311,57 +163,50 @@ TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
 
 TEST(fanout_reaches_the_gateways_that_hold_the_users)
 {
-    uint64_t a = new_user("fan"), b = new_user("fan"), c = new_user("fan");
-    uint64_t g = new_group(a);
+    uint64_t a = it_new_user(&lg, "fan"), b = it_new_user(&lg, "fan"), c = it_new_user(&lg, "fan");
+    uint64_t g = it_new_group(&lg, a);
     Im__V1__SendResponse *r;
     Im__V1__Delivery *d;
     char msg[256], rkey[256], want[64];
     int seen_a = 0, seen_b = 0;
 
     /* b on gateway A; a's other device on gateway B; c on a dead gateway. */
-    online(b, gw_a, "b1");
-    online(a, gw_b, "a2");
-    online(c, "it11-dead", "c1");
+    it_online(&lg, b, fan.gw_a, "b1");
+    it_online(&lg, a, fan.gw_b, "a2");
+    it_online(&lg, c, "it11-dead", "c1");
     ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:gw:it11-dead"), IM_OK);
     ASSERT_EQ(send_msg(a, b, 0, "f-1", "to b", &r, msg, sizeof(msg)), IM_RPC_OK);
     for (int i = 0; i < 2; i++) {
-        d = next_of_kind('m', rkey, sizeof(rkey));
+        d = it_next_of_kind(&fan, 3000, 'm', rkey, sizeof(rkey));
         ASSERT_TRUE(d != NULL && d->message != NULL);
         ASSERT_U64_EQ(d->message->id, r->id);
         ASSERT_STR_EQ(d->message->body, "to b");
         ASSERT_EQ(d->n_user_ids, 1);
-        if (strcmp(rkey + 3, gw_a) == 0 && d->user_ids[0] == b)
+        if (strcmp(rkey + 3, fan.gw_a) == 0 && d->user_ids[0] == b)
             seen_b++;
-        if (strcmp(rkey + 3, gw_b) == 0 && d->user_ids[0] == a)
+        if (strcmp(rkey + 3, fan.gw_b) == 0 && d->user_ids[0] == a)
             seen_a++;
         protobuf_c_message_free_unpacked(&d->base, NULL);
     }
     ASSERT_EQ(seen_a, 1);
     ASSERT_EQ(seen_b, 1);
-    ASSERT_TRUE(next_of_kind('m', NULL, 0) == NULL);
+    ASSERT_TRUE(it_next_of_kind(&fan, 3000, 'm', NULL, 0) == NULL);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     /* The dead gateway's route was pruned on the way. */
-    {
-        im_redis_reply_t *rep = NULL;
-        ASSERT_EQ(im_redis_command(redis, &rep, "ZCARD im:route:%" PRIu64, c), IM_OK);
-        ASSERT_EQ(im_redis_reply_int(rep), 1); /* not looked up yet: c got nothing */
-        im_redis_reply_free(rep);
-        ASSERT_EQ(send_msg(a, c, 0, "f-2", "to c", NULL, msg, sizeof(msg)), IM_RPC_OK);
-        d = next_of_kind('m', rkey, sizeof(rkey)); /* a's other device only */
-        ASSERT_TRUE(d != NULL);
-        ASSERT_STR_EQ(rkey + 3, gw_b);
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-        ASSERT_TRUE(next_of_kind('m', NULL, 0) == NULL);
-        ASSERT_EQ(im_redis_command(redis, &rep, "ZCARD im:route:%" PRIu64, c), IM_OK);
-        ASSERT_EQ(im_redis_reply_int(rep), 0);
-        im_redis_reply_free(rep);
-    }
+    ASSERT_EQ(it_routes_of(redis, c), 1); /* not looked up yet: c got nothing */
+    ASSERT_EQ(send_msg(a, c, 0, "f-2", "to c", NULL, msg, sizeof(msg)), IM_RPC_OK);
+    d = it_next_of_kind(&fan, 3000, 'm', rkey, sizeof(rkey)); /* a's other device only */
+    ASSERT_TRUE(d != NULL);
+    ASSERT_STR_EQ(rkey + 3, fan.gw_b);
+    protobuf_c_message_free_unpacked(&d->base, NULL);
+    ASSERT_TRUE(it_next_of_kind(&fan, 3000, 'm', NULL, 0) == NULL);
+    ASSERT_EQ(it_routes_of(redis, c), 0);
     /* A group message is one publish to g.<id>. */
     snprintf(want, sizeof(want), "g.%" PRIu64, g);
-    ASSERT_EQ(im_amqp_bind(amqp, fanout_queue, EXCHANGE, want), IM_OK);
-    join(b, g);
+    ASSERT_EQ(im_amqp_bind(amqp, fan.queue, IT_DELIVER_EXCHANGE, want), IM_OK);
+    it_join(&lg, b, g);
     ASSERT_EQ(send_msg(a, 0, g, "f-3", "to the group", &r, msg, sizeof(msg)), IM_RPC_OK);
-    d = next_of_kind('m', rkey, sizeof(rkey));
+    d = it_next_of_kind(&fan, 3000, 'm', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL && d->message != NULL);
     ASSERT_STR_EQ(rkey, want);
     ASSERT_U64_EQ(d->message->to_group, g);
@@ -387,20 +232,22 @@ static Im__V1__SyncResponse *sync_call(uint64_t user, const char *conv, uint64_t
         req.have = &posp;
         req.n_have = 1;
     }
-    ASSERT_EQ(call(&im__v1__message__descriptor, SYNC, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__message__descriptor, SYNC, &req.base, &resp, msg, sizeof(msg)),
+        IM_RPC_OK);
     return (Im__V1__SyncResponse *)resp;
 }
 
 TEST(sync_after_offline_returns_exactly_the_missed_messages_in_order)
 {
-    uint64_t a = new_user("syn"), b = new_user("syn"), owner = new_user("syn");
-    uint64_t g = new_group(owner), seqs[8], gseqs[3];
+    uint64_t a = it_new_user(&lg, "syn"), b = it_new_user(&lg, "syn"),
+             owner = it_new_user(&lg, "syn");
+    uint64_t g = it_new_group(&lg, owner), seqs[8], gseqs[3];
     Im__V1__SendResponse *r;
     Im__V1__SyncResponse *s;
     char msg[256], cid[16], conv[48], gconv[32];
 
-    join(b, g);
+    it_join(&lg, b, g);
     for (int i = 0; i < 8; i++) {
         snprintf(cid, sizeof(cid), "s-%d", i);
         ASSERT_EQ(send_msg(a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
@@ -454,7 +301,7 @@ TEST(sync_after_offline_returns_exactly_the_missed_messages_in_order)
     ASSERT_TRUE(s->more);
     protobuf_c_message_free_unpacked(&s->base, NULL);
     /* An outsider syncs nothing of it. */
-    s = sync_call(new_user("syn"), NULL, 0, 0);
+    s = sync_call(it_new_user(&lg, "syn"), NULL, 0, 0);
     ASSERT_EQ(s->n_messages, 0);
     protobuf_c_message_free_unpacked(&s->base, NULL);
 }
@@ -469,14 +316,15 @@ static im_rpc_code_t history(uint64_t user, const char *conv, uint64_t before, u
     req.before_seq = before;
     req.limit = limit;
     *out = NULL;
-    return call(&im__v1__message__descriptor, HISTORY, &req.base, (ProtobufCMessage **)out, msg,
-                msglen);
+    return it_logic_call(&lg, &im__v1__message__descriptor, HISTORY, &req.base,
+                         (ProtobufCMessage **)out, msg, msglen);
 }
 
 TEST(history_pages_backwards_and_only_for_participants)
 {
-    uint64_t a = new_user("his"), b = new_user("his"), eve = new_user("his");
-    uint64_t owner = new_user("his"), g = new_group(owner), seqs[5];
+    uint64_t a = it_new_user(&lg, "his"), b = it_new_user(&lg, "his"),
+             eve = it_new_user(&lg, "his");
+    uint64_t owner = it_new_user(&lg, "his"), g = it_new_group(&lg, owner), seqs[5];
     Im__V1__HistoryResponse *h;
     Im__V1__SendResponse *r;
     char msg[256], cid[16], conv[48], gconv[32];
@@ -488,7 +336,7 @@ TEST(history_pages_backwards_and_only_for_participants)
         snprintf(conv, sizeof(conv), "%s", r->conv);
         protobuf_c_message_free_unpacked(&r->base, NULL);
     }
-    ASSERT_EQ(rows_with_id(0, 0), 0); /* (warms nothing; keeps helpers used) */
+    ASSERT_EQ(it_rows_with_id(db, 0, 0), 0); /* (warms nothing; keeps helpers used) */
     for (int i = 0; i < 100; i++) {
         ASSERT_EQ(history(b, conv, 0, 3, &h, msg, sizeof(msg)), IM_RPC_OK);
         if (h->n_messages == 3 && h->messages[0]->seq == seqs[4])
@@ -507,13 +355,13 @@ TEST(history_pages_backwards_and_only_for_participants)
     ASSERT_TRUE(!h->more);
     protobuf_c_message_free_unpacked(&h->base, NULL);
     ASSERT_EQ(history(eve, conv, 0, 3, &h, msg, sizeof(msg)), IM_RPC_PERMISSION_DENIED);
-    ASSERT_TRUE(starts_with(msg, "not_participant: "));
+    ASSERT_TRUE(it_starts_with(msg, "not_participant: "));
     snprintf(gconv, sizeof(gconv), "g:%" PRIu64, g);
     ASSERT_EQ(history(eve, gconv, 0, 3, &h, msg, sizeof(msg)), IM_RPC_PERMISSION_DENIED);
-    ASSERT_TRUE(starts_with(msg, "not_member: "));
+    ASSERT_TRUE(it_starts_with(msg, "not_member: "));
     ASSERT_EQ(history(eve, "g:1", 0, 3, &h, msg, sizeof(msg)), IM_RPC_NOT_FOUND);
     ASSERT_EQ(history(eve, "d:9:3", 0, 3, &h, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_TRUE(starts_with(msg, "bad_conv: "));
+    ASSERT_TRUE(it_starts_with(msg, "bad_conv: "));
     ASSERT_EQ(history(eve, "x' OR 1=1 --", 0, 3, &h, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
 }
 
@@ -527,7 +375,8 @@ static uint64_t mark_read(uint64_t user, const char *conv, uint64_t seq)
     req.user_id = user;
     req.conv = (char *)conv;
     req.seq = seq;
-    ASSERT_EQ(call(&im__v1__message__descriptor, MARK_READ, &req.base, &resp, msg, sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__message__descriptor, MARK_READ, &req.base, &resp, msg,
+                            sizeof(msg)),
               IM_RPC_OK);
     out = ((Im__V1__MarkReadResponse *)resp)->read_seq;
     protobuf_c_message_free_unpacked(resp, NULL);
@@ -550,15 +399,15 @@ static Im__V1__ConversationsResponse *conversations(uint64_t user)
     char msg[256];
 
     req.user_id = user;
-    ASSERT_EQ(call(&im__v1__message__descriptor, CONVERSATIONS, &req.base, &resp, msg,
-                   sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__message__descriptor, CONVERSATIONS, &req.base, &resp, msg,
+                            sizeof(msg)),
               IM_RPC_OK);
     return (Im__V1__ConversationsResponse *)resp;
 }
 
 TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
 {
-    uint64_t a = new_user("rd"), b = new_user("rd"), seqs[5];
+    uint64_t a = it_new_user(&lg, "rd"), b = it_new_user(&lg, "rd"), seqs[5];
     Im__V1__ConversationsResponse *cr;
     const Im__V1__Conversation *c;
     Im__V1__SendResponse *r;
@@ -572,21 +421,20 @@ TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
         snprintf(conv, sizeof(conv), "%s", r->conv);
         protobuf_c_message_free_unpacked(&r->base, NULL);
     }
-    ASSERT_EQ(rows_with_id(0, 0), 0);
-    online(a, gw_a, "a1");
-    while ((d = next_delivery(NULL, 0)) != NULL) /* (nothing: a came online after) */
-        protobuf_c_message_free_unpacked(&d->base, NULL);
+    ASSERT_EQ(it_rows_with_id(db, 0, 0), 0);
+    it_online(&lg, a, fan.gw_a, "a1");
+    it_drain_deliveries(&fan, 3000); /* (nothing: a came online after) */
     ASSERT_U64_EQ(mark_read(b, conv, seqs[2]), seqs[2]);
-    d = next_of_kind('r', rkey, sizeof(rkey));
+    d = it_next_of_kind(&fan, 3000, 'r', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL && d->receipt != NULL && d->message == NULL);
-    ASSERT_STR_EQ(rkey + 3, gw_a);
+    ASSERT_STR_EQ(rkey + 3, fan.gw_a);
     ASSERT_STR_EQ(d->receipt->conv, conv);
     ASSERT_U64_EQ(d->receipt->user_id, b);
     ASSERT_U64_EQ(d->receipt->read_seq, seqs[2]);
     protobuf_c_message_free_unpacked(&d->base, NULL);
     /* Lower marks change nothing and tell nobody. */
     ASSERT_U64_EQ(mark_read(b, conv, seqs[0]), seqs[2]);
-    ASSERT_TRUE(next_of_kind('r', NULL, 0) == NULL);
+    ASSERT_TRUE(it_next_of_kind(&fan, 3000, 'r', NULL, 0) == NULL);
     for (int i = 0; i < 100; i++) { /* until the writer stored all five */
         cr = conversations(b);
         c = find_conv(cr, conv);
@@ -610,18 +458,19 @@ TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
     {
         Im__V1__MarkReadRequest req = IM__V1__MARK_READ_REQUEST__INIT;
         ProtobufCMessage *resp = NULL;
-        req.user_id = new_user("rd");
+        req.user_id = it_new_user(&lg, "rd");
         req.conv = conv;
         req.seq = 1;
-        ASSERT_EQ(call(&im__v1__message__descriptor, MARK_READ, &req.base, &resp, msg,
-                       sizeof(msg)),
+        ASSERT_EQ(it_logic_call(&lg, &im__v1__message__descriptor, MARK_READ, &req.base, &resp, msg,
+                                sizeof(msg)),
                   IM_RPC_PERMISSION_DENIED);
     }
 }
 
 TEST(typing_presence_and_group_events_reach_online_users)
 {
-    uint64_t a = new_user("ntf"), b = new_user("ntf"), eve = new_user("ntf");
+    uint64_t a = it_new_user(&lg, "ntf"), b = it_new_user(&lg, "ntf"),
+             eve = it_new_user(&lg, "ntf");
     Im__V1__TypingRequest treq = IM__V1__TYPING_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
     Im__V1__Delivery *d;
@@ -638,29 +487,31 @@ TEST(typing_presence_and_group_events_reach_online_users)
             break;
         it_sleep_ms(50);
     }
-    online(a, gw_a, "a1");
+    it_online(&lg, a, fan.gw_a, "a1");
     /* b typing to a. */
     treq.user_id = b;
     treq.to_user = a;
-    ASSERT_EQ(call(&im__v1__message__descriptor, TYPING, &treq.base, &resp, msg, sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__message__descriptor, TYPING, &treq.base, &resp, msg,
+                            sizeof(msg)),
               IM_RPC_OK);
     protobuf_c_message_free_unpacked(resp, NULL);
-    d = next_of_kind('t', rkey, sizeof(rkey));
+    d = it_next_of_kind(&fan, 3000, 't', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL);
     ASSERT_U64_EQ(d->typing->user_id, b);
     ASSERT_EQ(d->n_user_ids, 1);
     ASSERT_U64_EQ(d->user_ids[0], a);
     protobuf_c_message_free_unpacked(&d->base, NULL);
     /* b's first session: a hears b is online; b's last going: offline. */
-    online(b, gw_b, "b1");
-    d = next_of_kind('p', rkey, sizeof(rkey));
+    it_online(&lg, b, fan.gw_b, "b1");
+    d = it_next_of_kind(&fan, 3000, 'p', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL);
     ASSERT_U64_EQ(d->presence->user_id, b);
     ASSERT_TRUE(d->presence->online);
-    ASSERT_STR_EQ(rkey + 3, gw_a);
+    ASSERT_STR_EQ(rkey + 3, fan.gw_a);
     protobuf_c_message_free_unpacked(&d->base, NULL);
-    protobuf_c_message_free_unpacked(&session(OFFLINE, b, gw_b, "b1", IM_RPC_OK)->base, NULL);
-    d = next_of_kind('p', rkey, sizeof(rkey));
+    protobuf_c_message_free_unpacked(&it_session(&lg, OFFLINE, b, fan.gw_b, "b1", IM_RPC_OK)->base,
+                                     NULL);
+    d = it_next_of_kind(&fan, 3000, 'p', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL);
     if (d->presence->online)
         fprintf(stderr, "presence of %" PRIu64 " (a %" PRIu64 ", b %" PRIu64 ") online via %s\n",
@@ -668,25 +519,27 @@ TEST(typing_presence_and_group_events_reach_online_users)
     ASSERT_TRUE(!d->presence->online);
     protobuf_c_message_free_unpacked(&d->base, NULL);
     /* a joins a group: a's gateway hears of it. */
-    g = new_group(eve);
-    d = next_of_kind('g', rkey, sizeof(rkey)); /* eve is not online: nothing for her */
+    g = it_new_group(&lg, eve);
+    /* eve is not online: nothing for her */
+    d = it_next_of_kind(&fan, 3000, 'g', rkey, sizeof(rkey));
     ASSERT_TRUE(d == NULL);
-    join(a, g);
-    d = next_of_kind('g', rkey, sizeof(rkey));
+    it_join(&lg, a, g);
+    d = it_next_of_kind(&fan, 3000, 'g', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL);
     ASSERT_U64_EQ(d->group_event->group_id, g);
     ASSERT_U64_EQ(d->group_event->user_id, a);
     ASSERT_TRUE(d->group_event->joined);
-    ASSERT_STR_EQ(rkey + 3, gw_a);
+    ASSERT_STR_EQ(rkey + 3, fan.gw_a);
     protobuf_c_message_free_unpacked(&d->base, NULL);
     /* Typing into a group one is not in is refused. */
     treq.to_user = 0;
     treq.to_group = g;
-    ASSERT_EQ(call(&im__v1__message__descriptor, TYPING, &treq.base, &resp, msg, sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__message__descriptor, TYPING, &treq.base, &resp, msg,
+                            sizeof(msg)),
               IM_RPC_PERMISSION_DENIED);
-    protobuf_c_message_free_unpacked(&session(OFFLINE, a, gw_a, "a1", IM_RPC_OK)->base, NULL);
-    while ((d = next_delivery(NULL, 0)) != NULL)
-        protobuf_c_message_free_unpacked(&d->base, NULL);
+    protobuf_c_message_free_unpacked(&it_session(&lg, OFFLINE, a, fan.gw_a, "a1", IM_RPC_OK)->base,
+                                     NULL);
+    it_drain_deliveries(&fan, 3000);
 }
 
 /* ------------------------------------------------------------ kill -9 */
@@ -709,7 +562,7 @@ static void kill_send_cb(void *arg, im_rpc_result_t *res)
 
 TEST(kill9_while_sending_every_acked_message_is_stored_once)
 {
-    uint64_t a = new_user("k9"), b = new_user("k9");
+    uint64_t a = it_new_user(&lg, "k9"), b = it_new_user(&lg, "k9");
     char sql[256];
     im_mysql_stmt_t *st = NULL;
     uint64_t t0;
@@ -767,9 +620,6 @@ static void cleanup(void)
 int main(int argc, char **argv)
 {
     const char *extra[] = {"--writer-delay", "5ms", NULL};
-    char key[64];
-    im_amqp_queue_opts_t q = {.exclusive = true, .auto_delete = true};
-    int rc;
 
     if (argc < 2) {
         fprintf(stderr, "usage: %s <logic binary>\n", argv[0]);
@@ -784,18 +634,7 @@ int main(int argc, char **argv)
     amqp = it_amqp_connect("it11");
     if (db == NULL || redis == NULL || amqp == NULL)
         return 1;
-    snprintf(gw_a, sizeof(gw_a), "it11-a-%d", (int)getpid());
-    snprintf(gw_b, sizeof(gw_b), "it11-b-%d", (int)getpid());
-    snprintf(fanout_queue, sizeof(fanout_queue), "it11.fanout.%d", (int)getpid());
-    q.name = fanout_queue;
-    if (im_amqp_declare_exchange(amqp, EXCHANGE, "direct", true) != IM_OK ||
-        im_amqp_declare_queue(amqp, &q, NULL, 0, NULL) != IM_OK)
-        return 1;
-    snprintf(key, sizeof(key), "gw.%s", gw_a);
-    im_amqp_bind(amqp, fanout_queue, EXCHANGE, key);
-    snprintf(key, sizeof(key), "gw.%s", gw_b);
-    im_amqp_bind(amqp, fanout_queue, EXCHANGE, key);
-    if (im_amqp_consume(amqp, fanout_queue, 0, true) != IM_OK)
+    if (!it_fanout_open(&fan, amqp, "it11"))
         return 1;
     if (!it_logic_start(&lg, extra))
         return 1;
@@ -808,17 +647,10 @@ int main(int argc, char **argv)
     RUN(mark_read_never_goes_back_tells_the_peer_and_counts_unread);
     RUN(typing_presence_and_group_events_reach_online_users);
     RUN(kill9_while_sending_every_acked_message_is_stored_once);
-    if (!it_logic_stop(&lg)) {
-        fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
+    if (!it_logic_stop_checked(&lg))
         return 1;
-    }
     im_mysql_close(db);
     im_redis_close(redis);
     im_amqp_close(amqp);
-    rc = im_test_done();
-    if (rc == 0)
-        unlink(lg.log_path);
-    else
-        fprintf(stderr, "logic's log: %s\n", lg.log_path);
-    return rc;
+    return it_test_done_log(&lg);
 }

@@ -27,11 +27,11 @@
 #include "im_redis.h"
 #include "im_test.h"
 #include "im_time.h"
+#include "it_chat.h"
 #include "it_env.h"
 #include "it_logic.h"
 #include "it_servers.h"
 
-#define EXCHANGE   "im.deliver"
 #define BATCH_MAX  1000         /* LG_SEND_BATCH_MAX */
 #define UNKNOWN_ID (1ull << 62) /* no user or group has it */
 #define ORIGIN     "it13-origin/7"
@@ -40,104 +40,10 @@ static it_logic_t lg = {.tag = "it13"};
 static im_mysql_t *db;
 static im_redis_t *redis;
 static im_amqp_conn_t *amqp;
-static char fanout_queue[64], gw_a[48], gw_b[48];
-static unsigned serial;
+static it_fanout_t fan;
 
 /* Method numbers, in proto/im.proto order. */
-enum { SIGNUP, LOGIN, VERIFY_TOKEN, DELETE_ACCOUNT };
-enum { CREATE, JOIN };
 enum { SEND, SEND_BATCH = 6 };
-enum { ONLINE };
-
-static bool starts_with(const char *s, const char *prefix)
-{
-    return s != NULL && strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
-static im_rpc_code_t call(const ProtobufCServiceDescriptor *sd, unsigned method,
-                          const ProtobufCMessage *req, ProtobufCMessage **resp, char *msg,
-                          size_t msglen)
-{
-    return it_logic_call(&lg, sd, method, req, resp, msg, msglen);
-}
-
-static uint64_t new_user(const char *tag)
-{
-    Im__V1__RegisterRequest req = IM__V1__REGISTER_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char name[40], msg[256];
-    uint64_t id;
-
-    snprintf(name, sizeof(name), "%s_%d_%u", tag, (int)getpid() % 100000, ++serial);
-    req.username = name;
-    req.password = "password1";
-    ASSERT_EQ(call(&im__v1__auth__descriptor, SIGNUP, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    id = ((Im__V1__RegisterResponse *)resp)->user_id;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return id;
-}
-
-static uint64_t new_group(uint64_t owner)
-{
-    Im__V1__CreateGroupRequest req = IM__V1__CREATE_GROUP_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-    uint64_t id;
-
-    req.user_id = owner;
-    req.name = "it13 group";
-    ASSERT_EQ(call(&im__v1__group__descriptor, CREATE, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    id = ((Im__V1__GroupResponse *)resp)->group->id;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return id;
-}
-
-static void join(uint64_t user, uint64_t group)
-{
-    Im__V1__GroupRequest req = IM__V1__GROUP_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.group_id = group;
-    ASSERT_EQ(call(&im__v1__group__descriptor, JOIN, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
-}
-
-static void delete_account(uint64_t user)
-{
-    Im__V1__DeleteAccountRequest req = IM__V1__DELETE_ACCOUNT_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.password = "password1";
-    ASSERT_EQ(call(&im__v1__auth__descriptor, DELETE_ACCOUNT, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
-}
-
-static void online(uint64_t user, const char *gw, const char *sid)
-{
-    Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.gateway_id = (char *)gw;
-    req.session_id = (char *)sid;
-    ASSERT_EQ(call(&im__v1__session__descriptor, ONLINE, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
-}
-
-static void direct_conv(char *out, size_t size, uint64_t x, uint64_t y)
-{
-    snprintf(out, size, "d:%" PRIu64 ":%" PRIu64, x < y ? x : y, x < y ? y : x);
-}
 
 /* ------------------------------------------------------------ batches */
 
@@ -215,7 +121,8 @@ static im_rpc_code_t send_batch(const batch_t *b, Im__V1__SendBatchResponse **ou
     im_rpc_code_t code;
 
     batch_request(b, &req);
-    code = call(&im__v1__message__descriptor, SEND_BATCH, &req.base, &resp, msg, msglen);
+    code =
+        it_logic_call(&lg, &im__v1__message__descriptor, SEND_BATCH, &req.base, &resp, msg, msglen);
     *out = (Im__V1__SendBatchResponse *)resp;
     return code;
 }
@@ -238,7 +145,8 @@ static im_rpc_code_t send_one(const Im__V1__SendRequest *req, Im__V1__SendRespon
                               size_t msglen)
 {
     ProtobufCMessage *resp = NULL;
-    im_rpc_code_t code = call(&im__v1__message__descriptor, SEND, &req->base, &resp, msg, msglen);
+    im_rpc_code_t code =
+        it_logic_call(&lg, &im__v1__message__descriptor, SEND, &req->base, &resp, msg, msglen);
 
     if (out != NULL)
         *out = (Im__V1__SendResponse *)resp;
@@ -269,35 +177,13 @@ static void refused(const Im__V1__SendBatchResponse *r, size_t i, im_rpc_code_t 
 {
     const Im__V1__SendResult *res = r->results[i];
 
-    if (res->code != (uint32_t)code || !starts_with(res->error, prefix))
+    if (res->code != (uint32_t)code || !it_starts_with(res->error, prefix))
         IM__FAIL("result %zu: code %u \"%s\", want %d \"%s...\"", i, res->code,
                  res->error ? res->error : "(null)", (int)code, prefix);
     ASSERT_NULL(res->response);
 }
 
 /* ------------------------------------------------------------ storage */
-
-/* Rows stored with this id, waiting up to 5 s for at least `want`. */
-static uint64_t rows_with_id(uint64_t id, uint64_t want)
-{
-    char sql[128];
-    uint64_t n = 0;
-
-    for (int i = 0; i < 100; i++) {
-        im_mysql_stmt_t *st = NULL;
-
-        snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM messages WHERE id = %" PRIu64, id);
-        ASSERT_EQ(im_mysql_prepare(db, sql, &st), IM_OK);
-        ASSERT_EQ(im_mysql_stmt_exec(st), IM_OK);
-        ASSERT_EQ(im_mysql_stmt_next(st), IM_OK);
-        n = im_mysql_col_u64(st, 0);
-        im_mysql_stmt_free(st);
-        if (n >= want)
-            break;
-        it_sleep_ms(50);
-    }
-    return n;
-}
 
 /* Rows of conv, waiting up to 10 s for at least `want` (0: now). */
 static uint64_t rows_in_conv(const char *conv, uint64_t want)
@@ -319,79 +205,7 @@ static uint64_t rows_in_conv(const char *conv, uint64_t want)
     return n;
 }
 
-/* ------------------------------------------------------------ dedup window */
-
-/* Puts this Redis run in the state of one that may have lost dedup records
- * (a restart while the table held messages of the last day): logic then
- * checks claims against the table too.  Logic sets this window itself when a
- * Redis run begins; on a database that was empty then it sets none, and a
- * record deleted by hand would not be looked for.  Returns the old value of
- * "im:dedup:since" (LG_DEDUP_SINCE_KEY, "<run_id> <until ms>"), to free, for
- * dedup_window_restore(). */
-static char *dedup_window_force(void)
-{
-    im_redis_reply_t *rep = NULL;
-    const char *run_id, *v;
-    char value[96], *old = NULL;
-
-    ASSERT_EQ(im_redis_command(redis, &rep, "GET im:dedup:since"), IM_OK);
-    if ((v = im_redis_reply_str(rep, NULL)) != NULL)
-        old = strdup(v);
-    im_redis_reply_free(rep);
-    ASSERT_EQ(im_redis_run_id(redis, &run_id), IM_OK);
-    snprintf(value, sizeof(value), "%s %" PRIu64, run_id, im_wall_ms() + 3600 * 1000);
-    ASSERT_EQ(im_redis_command(redis, NULL, "SET im:dedup:since %s", value), IM_OK);
-    return old;
-}
-
-static void dedup_window_restore(char *old)
-{
-    if (old != NULL)
-        ASSERT_EQ(im_redis_command(redis, NULL, "SET im:dedup:since %s", old), IM_OK);
-    else
-        ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:since"), IM_OK);
-    free(old);
-}
-
 /* ------------------------------------------------------------ deliveries */
-
-/* The next delivery on our fan-out queue within timeout_ms, decoded; NULL if
- * none. */
-static Im__V1__Delivery *next_delivery(int timeout_ms, char *rkey, size_t rkeylen)
-{
-    im_amqp_delivery_t d;
-    Im__V1__Delivery *out;
-
-    if (im_amqp_consumer_next(amqp, timeout_ms, &d) != IM_OK)
-        return NULL;
-    out = im__v1__delivery__unpack(NULL, d.len, d.body);
-    ASSERT_NOT_NULL(out);
-    if (rkey != NULL)
-        snprintf(rkey, rkeylen, "%s", d.routing_key);
-    return out;
-}
-
-/* Skips deliveries other than chat messages (single or batched), for up to
- * timeout_ms. */
-static Im__V1__Delivery *next_chat(int timeout_ms, char *rkey, size_t rkeylen)
-{
-    Im__V1__Delivery *d;
-
-    while ((d = next_delivery(timeout_ms, rkey, rkeylen)) != NULL) {
-        if (d->message != NULL || d->n_batch > 0)
-            return d;
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-    }
-    return NULL;
-}
-
-static void drain_deliveries(void)
-{
-    Im__V1__Delivery *d;
-
-    while ((d = next_delivery(300, NULL, 0)) != NULL)
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-}
 
 /* Checks that d is a batch for the routing key "gw.<gw>" holding, in order,
  * the messages with ids want[0..n), each for the users want_users[i]
@@ -446,8 +260,9 @@ TEST(empty_batch_gets_no_results)
  * and stored, and a refusal claims nothing. */
 TEST(mixed_batch_answers_each_send_as_send_would)
 {
-    uint64_t a = new_user("mix"), b = new_user("mix"), eve = new_user("mix");
-    uint64_t gone = new_user("mix"), g = new_group(a);
+    uint64_t a = it_new_user(&lg, "mix"), b = it_new_user(&lg, "mix"),
+             eve = it_new_user(&lg, "mix");
+    uint64_t gone = it_new_user(&lg, "mix"), g = it_new_group(&lg, a);
     batch_t *bt = batch_new(16);
     Im__V1__SendBatchResponse *r;
     const Im__V1__SendResponse *ok_direct, *ok_group;
@@ -485,11 +300,11 @@ TEST(mixed_batch_answers_each_send_as_send_would)
     batch_add(bt, 0, b, 0, "mx-10", "from nobody");            /* 10 */
     batch_add(bt, b, a, 0, "mx-11", "hello a");                /* 11 ok */
     batch_add(bt, gone, a, 0, "mx-12", "from a deleted user"); /* 12 */
-    delete_account(gone);
+    it_delete_account(&lg, gone);
     r = send_batch_ok(bt);
     ok_direct = accepted(r, 0);
     ok_group = accepted(r, 4);
-    direct_conv(conv, sizeof(conv), a, b);
+    it_direct_conv(conv, sizeof(conv), a, b);
     snprintf(gconv, sizeof(gconv), "g:%" PRIu64, g);
     ASSERT_STR_EQ(ok_direct->conv, conv);
     ASSERT_STR_EQ(ok_group->conv, gconv);
@@ -507,9 +322,9 @@ TEST(mixed_batch_answers_each_send_as_send_would)
             IM__FAIL("send %zu: Send says %d \"%s\", SendBatch said %u \"%s\"", k, (int)code, msg,
                      r->results[k]->code, r->results[k]->error);
     }
-    ASSERT_EQ(rows_with_id(ok_direct->id, 1), 1);
-    ASSERT_EQ(rows_with_id(ok_group->id, 1), 1);
-    ASSERT_EQ(rows_with_id(accepted(r, 11)->id, 1), 1);
+    ASSERT_EQ(it_rows_with_id(db, ok_direct->id, 1), 1);
+    ASSERT_EQ(it_rows_with_id(db, ok_group->id, 1), 1);
+    ASSERT_EQ(it_rows_with_id(db, accepted(r, 11)->id, 1), 1);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     /* The refused sends claimed nothing: their ids are free for a good send. */
     {
@@ -532,7 +347,7 @@ TEST(mixed_batch_answers_each_send_as_send_would)
  * by SendBatch, even with the Redis record gone, are the same messages. */
 TEST(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each)
 {
-    uint64_t a = new_user("ord"), b = new_user("ord"), c = new_user("ord");
+    uint64_t a = it_new_user(&lg, "ord"), b = it_new_user(&lg, "ord"), c = it_new_user(&lg, "ord");
     batch_t *bt = batch_new(ORDER_SENDS);
     Im__V1__SendBatchResponse *r, *again;
     Im__V1__SendResponse *first, *dup;
@@ -542,8 +357,8 @@ TEST(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each)
     im_mysql_stmt_t *st = NULL;
     char *window;
 
-    direct_conv(ab, sizeof(ab), a, b);
-    direct_conv(ac, sizeof(ac), a, c);
+    it_direct_conv(ab, sizeof(ab), a, b);
+    it_direct_conv(ac, sizeof(ac), a, c);
     {
         Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
 
@@ -619,11 +434,11 @@ TEST(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each)
     protobuf_c_message_free_unpacked(&dup->base, NULL);
     /* The whole batch again, two records lost in Redis on the way: all
      * duplicates of the originals, found in Redis or in the table. */
-    window = dedup_window_force();
+    window = it_dedup_window_force(redis);
     ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:%" PRIu64 ":ord-6", a), IM_OK);
     ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:%" PRIu64 ":ord-8", b), IM_OK);
     again = send_batch_ok(bt);
-    dedup_window_restore(window);
+    it_dedup_window_restore(redis, window);
     for (size_t i = 0; i < ORDER_SENDS; i++) {
         const Im__V1__SendResult *res = again->results[i];
 
@@ -648,7 +463,7 @@ TEST(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each)
  * occurrences are duplicates of the one message. */
 TEST(same_client_msg_id_twice_in_one_batch)
 {
-    uint64_t a = new_user("twice"), b = new_user("twice");
+    uint64_t a = it_new_user(&lg, "twice"), b = it_new_user(&lg, "twice");
     batch_t *bt = batch_new(4), *bt2 = batch_new(4);
     Im__V1__SendBatchResponse *r;
     const Im__V1__SendResponse *orig;
@@ -664,7 +479,7 @@ TEST(same_client_msg_id_twice_in_one_batch)
     orig_seq = orig->seq;
     refused(r, 1, IM_RPC_ABORTED, "in_progress: ");
     ASSERT_EQ(accepted(r, 2)->seq, orig_seq + 1); /* the refused one took no seq */
-    ASSERT_EQ(rows_with_id(orig_id, 1), 1);
+    ASSERT_EQ(it_rows_with_id(db, orig_id, 1), 1);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     it_sleep_ms(100);
     ASSERT_EQ(im_mysql_prepare(db,
@@ -697,7 +512,7 @@ TEST(same_client_msg_id_twice_in_one_batch)
  * accepted, with consecutive seqs, and stored. */
 TEST(batch_size_limit)
 {
-    uint64_t a = new_user("big"), b = new_user("big");
+    uint64_t a = it_new_user(&lg, "big"), b = it_new_user(&lg, "big");
     batch_t *bt = batch_new(BATCH_MAX + 1);
     Im__V1__SendBatchResponse *r = NULL;
     Im__V1__SendResponse *sr = NULL;
@@ -723,7 +538,7 @@ TEST(batch_size_limit)
         if (accepted(r, i)->seq != 2 + i)
             IM__FAIL("send %zu: seq %" PRIu64 ", want %zu", i, r->results[i]->response->seq, 2 + i);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    direct_conv(conv, sizeof(conv), a, b);
+    it_direct_conv(conv, sizeof(conv), a, b);
     ASSERT_EQ(rows_in_conv(conv, BATCH_MAX + 1), BATCH_MAX + 1);
     bt->n = BATCH_MAX + 1;
     batch_free(bt);
@@ -735,8 +550,9 @@ TEST(batch_size_limit)
  * together to its key; a batch of one is a plain Delivery. */
 TEST(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order)
 {
-    uint64_t a = new_user("live"), b = new_user("live"), c = new_user("live");
-    uint64_t d = new_user("live"), g;
+    uint64_t a = it_new_user(&lg, "live"), b = it_new_user(&lg, "live"),
+             c = it_new_user(&lg, "live");
+    uint64_t d = it_new_user(&lg, "live"), g;
     batch_t *bt = batch_new(8), *gb = batch_new(8), *one = batch_new(1);
     Im__V1__SendBatchResponse *r;
     Im__V1__Delivery *dl;
@@ -745,11 +561,11 @@ TEST(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order)
     bool got_a = false, got_b = false;
 
     /* b and c on gateway A; d and a's other device on gateway B. */
-    online(b, gw_a, "b1");
-    online(c, gw_a, "c1");
-    online(d, gw_b, "d1");
-    online(a, gw_b, "a2");
-    drain_deliveries(); /* presence and the like */
+    it_online(&lg, b, fan.gw_a, "b1");
+    it_online(&lg, c, fan.gw_a, "c1");
+    it_online(&lg, d, fan.gw_b, "d1");
+    it_online(&lg, a, fan.gw_b, "a2");
+    it_drain_deliveries(&fan, 300); /* presence and the like */
     batch_add(bt, a, b, 0, "lv-0", NULL);
     batch_add(bt, a, c, 0, "lv-1", NULL);
     batch_add(bt, a, b, 0, "lv-2", NULL);
@@ -772,40 +588,41 @@ TEST(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order)
     refused(r, 5, IM_RPC_NOT_FOUND, "unknown_user: ");
     protobuf_c_message_free_unpacked(&r->base, NULL);
     for (int k = 0; k < 2; k++) {
-        dl = next_chat(3000, rkey, sizeof(rkey));
+        dl = it_next_of_kind(&fan, 3000, 'c', rkey, sizeof(rkey));
         ASSERT_NOT_NULL(dl);
-        if (strcmp(rkey + 3, gw_a) == 0) {
+        if (strcmp(rkey + 3, fan.gw_a) == 0) {
             const uint64_t want[] = {ids[0], ids[1], ids[2], ids[4]};
             const uint64_t users[][3] = {{b}, {c}, {b}, {c}};
 
             ASSERT_TRUE(!got_a);
             got_a = true;
-            check_batch(dl, rkey, gw_a, want, users, 4);
+            check_batch(dl, rkey, fan.gw_a, want, users, 4);
         } else {
             const uint64_t users[][3] = {{a}, {a}, {a}, {d, a}, {a}};
 
             ASSERT_TRUE(!got_b);
             got_b = true;
-            check_batch(dl, rkey, gw_b, ids, users, 5);
+            check_batch(dl, rkey, fan.gw_b, ids, users, 5);
         }
         protobuf_c_message_free_unpacked(&dl->base, NULL);
     }
-    ASSERT_NULL(next_chat(500, NULL, 0)); /* one AMQP message per gateway, no more */
+    /* One AMQP message per gateway, no more. */
+    ASSERT_NULL(it_next_of_kind(&fan, 500, 'c', NULL, 0));
 
     /* A group's messages: one delivery to g.<id>, in seq order.  The direct
      * one in the same batch goes its own way. */
-    g = new_group(a);
-    join(b, g);
+    g = it_new_group(&lg, a);
+    it_join(&lg, b, g);
     snprintf(want_key, sizeof(want_key), "g.%" PRIu64, g);
-    ASSERT_EQ(im_amqp_bind(amqp, fanout_queue, EXCHANGE, want_key), IM_OK);
-    drain_deliveries();
+    ASSERT_EQ(im_amqp_bind(amqp, fan.queue, IT_DELIVER_EXCHANGE, want_key), IM_OK);
+    it_drain_deliveries(&fan, 300);
     batch_add(gb, a, 0, g, "lg-0", NULL);
     batch_add(gb, b, 0, g, "lg-1", NULL);
     batch_add(gb, a, b, 0, "lg-2", NULL);
     batch_add(gb, a, 0, g, "lg-3", NULL);
     r = send_batch_ok(gb);
-    for (int k = 0; k < 3; k++) { /* g.<id>, gw_a (b) and gw_b (a's device) */
-        dl = next_chat(3000, rkey, sizeof(rkey));
+    for (int k = 0; k < 3; k++) { /* g.<id>, fan.gw_a (b) and fan.gw_b (a's device) */
+        dl = it_next_of_kind(&fan, 3000, 'c', rkey, sizeof(rkey));
         ASSERT_NOT_NULL(dl);
         if (strcmp(rkey, want_key) == 0) {
             ASSERT_EQ(dl->n_batch, 3);
@@ -827,7 +644,7 @@ TEST(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order)
         }
         protobuf_c_message_free_unpacked(&dl->base, NULL);
     }
-    ASSERT_NULL(next_chat(500, NULL, 0));
+    ASSERT_NULL(it_next_of_kind(&fan, 500, 'c', NULL, 0));
     protobuf_c_message_free_unpacked(&r->base, NULL);
 
     /* A batch of one: a plain Delivery per gateway, as Send's (d is on B,
@@ -838,10 +655,10 @@ TEST(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order)
     for (int k = 0; k < 2; k++) {
         bool on_a;
 
-        dl = next_chat(3000, rkey, sizeof(rkey));
+        dl = it_next_of_kind(&fan, 3000, 'c', rkey, sizeof(rkey));
         ASSERT_NOT_NULL(dl);
-        on_a = strcmp(rkey + 3, gw_a) == 0;
-        ASSERT_TRUE(on_a ? !got_a : !got_b && strcmp(rkey + 3, gw_b) == 0);
+        on_a = strcmp(rkey + 3, fan.gw_a) == 0;
+        ASSERT_TRUE(on_a ? !got_a : !got_b && strcmp(rkey + 3, fan.gw_b) == 0);
         *(on_a ? &got_a : &got_b) = true;
         ASSERT_EQ(dl->n_batch, 0);
         ASSERT_NOT_NULL(dl->message);
@@ -850,7 +667,7 @@ TEST(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order)
         ASSERT_U64_EQ(dl->user_ids[0], on_a ? c : d);
         protobuf_c_message_free_unpacked(&dl->base, NULL);
     }
-    ASSERT_NULL(next_chat(500, NULL, 0));
+    ASSERT_NULL(it_next_of_kind(&fan, 500, 'c', NULL, 0));
     protobuf_c_message_free_unpacked(&r->base, NULL);
     batch_free(bt);
     batch_free(gb);
@@ -894,7 +711,7 @@ static void conc_done_cb(void *arg, im_rpc_result_t *res)
  * such deliveries reordered.) */
 TEST(concurrent_batches_of_mixed_sizes_deliver_in_seq_order)
 {
-    uint64_t a = new_user("conc"), b = new_user("conc");
+    uint64_t a = it_new_user(&lg, "conc"), b = it_new_user(&lg, "conc");
     static char big[4001];
     size_t total = 0, got = 0;
     uint64_t last = 0, t0;
@@ -902,8 +719,8 @@ TEST(concurrent_batches_of_mixed_sizes_deliver_in_seq_order)
     char rkey[256];
 
     memset(big, 'q', sizeof(big) - 1);
-    online(b, gw_a, "b1");
-    drain_deliveries();
+    it_online(&lg, b, fan.gw_a, "b1");
+    it_drain_deliveries(&fan, 300);
     for (size_t k = 0; k < CONC_CALLS; k++) {
         size_t n = k % 3 == 0 ? 1 : k % 3 == 1 ? CONC_MAX : 1 + k % 7;
         Im__V1__SendBatchRequest req;
@@ -922,7 +739,7 @@ TEST(concurrent_batches_of_mixed_sizes_deliver_in_seq_order)
     }
     t0 = im_mono_ms();
     while (got < total && im_mono_ms() - t0 < 20000) {
-        dl = next_chat(1000, rkey, sizeof(rkey));
+        dl = it_next_of_kind(&fan, 1000, 'c', rkey, sizeof(rkey));
         if (dl == NULL)
             continue;
         for (size_t i = 0; i < (dl->n_batch ? dl->n_batch : 1); i++) {
@@ -960,9 +777,6 @@ static void cleanup(void)
 int main(int argc, char **argv)
 {
     const char *extra[] = {"--writer-delay", "5ms", NULL};
-    char key[64];
-    im_amqp_queue_opts_t q = {.exclusive = true, .auto_delete = true};
-    int rc;
 
     if (argc < 2) {
         fprintf(stderr, "usage: %s <logic binary>\n", argv[0]);
@@ -977,18 +791,7 @@ int main(int argc, char **argv)
     amqp = it_amqp_connect("it13");
     if (db == NULL || redis == NULL || amqp == NULL)
         return 1;
-    snprintf(gw_a, sizeof(gw_a), "it13-a-%d", (int)getpid());
-    snprintf(gw_b, sizeof(gw_b), "it13-b-%d", (int)getpid());
-    snprintf(fanout_queue, sizeof(fanout_queue), "it13.fanout.%d", (int)getpid());
-    q.name = fanout_queue;
-    if (im_amqp_declare_exchange(amqp, EXCHANGE, "direct", true) != IM_OK ||
-        im_amqp_declare_queue(amqp, &q, NULL, 0, NULL) != IM_OK)
-        return 1;
-    snprintf(key, sizeof(key), "gw.%s", gw_a);
-    im_amqp_bind(amqp, fanout_queue, EXCHANGE, key);
-    snprintf(key, sizeof(key), "gw.%s", gw_b);
-    im_amqp_bind(amqp, fanout_queue, EXCHANGE, key);
-    if (im_amqp_consume(amqp, fanout_queue, 0, true) != IM_OK)
+    if (!it_fanout_open(&fan, amqp, "it13"))
         return 1;
     if (!it_logic_start(&lg, extra))
         return 1;
@@ -999,17 +802,10 @@ int main(int argc, char **argv)
     RUN(batch_size_limit);
     RUN(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order);
     RUN(concurrent_batches_of_mixed_sizes_deliver_in_seq_order);
-    if (!it_logic_stop(&lg)) {
-        fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
+    if (!it_logic_stop_checked(&lg))
         return 1;
-    }
     im_mysql_close(db);
     im_redis_close(redis);
     im_amqp_close(amqp);
-    rc = im_test_done();
-    if (rc == 0)
-        unlink(lg.log_path);
-    else
-        fprintf(stderr, "logic's log: %s\n", lg.log_path);
-    return rc;
+    return it_test_done_log(&lg);
 }

@@ -31,11 +31,11 @@
 #include "im_redis.h"
 #include "im_test.h"
 #include "im_time.h"
+#include "it_chat.h"
 #include "it_env.h"
 #include "it_logic.h"
 #include "it_servers.h"
 
-#define EXCHANGE  "im.deliver"
 #define BATCH_MAX 1000 /* LG_SESSION_BATCH_MAX */
 
 static it_logic_t lg = {.tag = "it14"};
@@ -44,11 +44,9 @@ static const char *infra_sh;
 static im_mysql_t *db;
 static im_redis_t *redis;
 static im_amqp_conn_t *amqp;
-static char fanout_queue[64], gw_a[48], gw_b[48];
-static unsigned serial;
+static it_fanout_t fan;
 
 /* Method numbers, in proto/im.proto order. */
-enum { SIGNUP, LOGIN, VERIFY_TOKEN, DELETE_ACCOUNT };
 enum { CREATE, JOIN, LEAVE, MEMBERS, MINE };
 enum { SEND, SYNC, HISTORY, MARK_READ, CONVERSATIONS };
 enum { ONLINE, OFFLINE, HEARTBEAT, CONNECT, DISCONNECT };
@@ -56,77 +54,6 @@ enum { ONLINE, OFFLINE, HEARTBEAT, CONNECT, DISCONNECT };
 static const char *str(const char *s)
 {
     return s != NULL ? s : "";
-}
-
-static bool starts_with(const char *s, const char *prefix)
-{
-    return strncmp(str(s), prefix, strlen(prefix)) == 0;
-}
-
-static im_rpc_code_t call(const ProtobufCServiceDescriptor *sd, unsigned method,
-                          const ProtobufCMessage *req, ProtobufCMessage **resp, char *msg,
-                          size_t msglen)
-{
-    return it_logic_call(&lg, sd, method, req, resp, msg, msglen);
-}
-
-static uint64_t new_user(const char *tag)
-{
-    Im__V1__RegisterRequest req = IM__V1__REGISTER_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char name[40], msg[256];
-    uint64_t id;
-
-    snprintf(name, sizeof(name), "%s_%d_%u", tag, (int)getpid() % 100000, ++serial);
-    req.username = name;
-    req.password = "password1";
-    ASSERT_EQ(call(&im__v1__auth__descriptor, SIGNUP, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    id = ((Im__V1__RegisterResponse *)resp)->user_id;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return id;
-}
-
-static uint64_t new_group(uint64_t owner)
-{
-    Im__V1__CreateGroupRequest req = IM__V1__CREATE_GROUP_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-    uint64_t id;
-
-    req.user_id = owner;
-    req.name = "it14 group";
-    ASSERT_EQ(call(&im__v1__group__descriptor, CREATE, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    id = ((Im__V1__GroupResponse *)resp)->group->id;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    return id;
-}
-
-static void join(uint64_t user, uint64_t group)
-{
-    Im__V1__GroupRequest req = IM__V1__GROUP_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.group_id = group;
-    ASSERT_EQ(call(&im__v1__group__descriptor, JOIN, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
-}
-
-static void delete_account(uint64_t user)
-{
-    Im__V1__DeleteAccountRequest req = IM__V1__DELETE_ACCOUNT_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    char msg[256];
-
-    req.user_id = user;
-    req.password = "password1";
-    ASSERT_EQ(call(&im__v1__auth__descriptor, DELETE_ACCOUNT, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
-    protobuf_c_message_free_unpacked(resp, NULL);
 }
 
 /* Group.Mine's ids for user, in its order, into ids[0..*n) (at most max). */
@@ -137,8 +64,8 @@ static void mine(uint64_t user, uint64_t *ids, size_t max, size_t *n)
     char msg[256];
 
     req.user_id = user;
-    ASSERT_EQ(call(&im__v1__group__descriptor, MINE, &req.base, (ProtobufCMessage **)&r, msg,
-                   sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__group__descriptor, MINE, &req.base,
+                            (ProtobufCMessage **)&r, msg, sizeof(msg)),
               IM_RPC_OK);
     ASSERT_LE(r->n_groups, max);
     for (size_t i = 0; i < r->n_groups; i++)
@@ -157,19 +84,20 @@ static void chat(uint64_t from, uint64_t to)
     char msg[256], cid[32];
     size_t n = 0;
 
-    snprintf(cid, sizeof(cid), "chat-%u", ++serial);
+    snprintf(cid, sizeof(cid), "chat-%u", it_serial());
     req.sender = from;
     req.to_user = to;
     req.client_msg_id = cid;
     req.body = "hello";
-    ASSERT_EQ(call(&im__v1__message__descriptor, SEND, &req.base, &resp, msg, sizeof(msg)),
-              IM_RPC_OK);
+    ASSERT_EQ(
+        it_logic_call(&lg, &im__v1__message__descriptor, SEND, &req.base, &resp, msg, sizeof(msg)),
+        IM_RPC_OK);
     protobuf_c_message_free_unpacked(resp, NULL);
     creq.user_id = from;
     for (int i = 0; i < 100 && n == 0; i++) {
-        ASSERT_EQ(
-            call(&im__v1__message__descriptor, CONVERSATIONS, &creq.base, &resp, msg, sizeof(msg)),
-            IM_RPC_OK);
+        ASSERT_EQ(it_logic_call(&lg, &im__v1__message__descriptor, CONVERSATIONS, &creq.base, &resp,
+                                msg, sizeof(msg)),
+                  IM_RPC_OK);
         n = ((Im__V1__ConversationsResponse *)resp)->n_conversations;
         protobuf_c_message_free_unpacked(resp, NULL);
         if (n == 0)
@@ -299,7 +227,7 @@ static void refused(const Im__V1__SessionBatchResponse *r, size_t i, im_rpc_code
 {
     const Im__V1__SessionResult *res = r->results[i];
 
-    if (res->code != (uint32_t)code || !starts_with(res->error, prefix))
+    if (res->code != (uint32_t)code || !it_starts_with(res->error, prefix))
         IM__FAIL("result %zu: code %u \"%s\", want %d \"%s...\"", i, res->code, str(res->error),
                  (int)code, prefix);
     ASSERT_NULL(res->session);
@@ -319,8 +247,8 @@ static void same_as_single(unsigned method, const sbatch_t *b,
     char msg[256] = "";
     im_rpc_code_t code;
 
-    code = call(&im__v1__session__descriptor, method == CONNECT ? ONLINE : OFFLINE, &copy.base,
-                &resp, msg, sizeof(msg));
+    code = it_logic_call(&lg, &im__v1__session__descriptor, method == CONNECT ? ONLINE : OFFLINE,
+                         &copy.base, &resp, msg, sizeof(msg));
     if ((uint32_t)code != r->results[i]->code ||
         (code != IM_RPC_OK && strcmp(msg, str(r->results[i]->error)) != 0))
         IM__FAIL("session %zu: %s says %d \"%s\", the batch said %u \"%s\"", i,
@@ -345,18 +273,6 @@ static void same_groups(const Im__V1__SessionResult *res, const uint64_t *want, 
 }
 
 /* ------------------------------------------------------------ redis */
-
-/* Sessions in the user's route set. */
-static long long routes_of(uint64_t user)
-{
-    im_redis_reply_t *rep = NULL;
-    long long n;
-
-    ASSERT_EQ(im_redis_command(redis, &rep, "ZCARD im:route:%" PRIu64, user), IM_OK);
-    n = im_redis_reply_int(rep);
-    im_redis_reply_free(rep);
-    return n;
-}
 
 /* True while the gateway's lease (im:gw:<gw>) exists. */
 static bool leased(const char *gw)
@@ -385,45 +301,6 @@ static bool routed(uint64_t user, const char *gw, const char *sid)
     return found;
 }
 
-/* ------------------------------------------------------------ deliveries */
-
-/* The next delivery on our fan-out queue within timeout_ms, decoded; NULL if
- * none. */
-static Im__V1__Delivery *next_delivery(int timeout_ms, char *rkey, size_t rkeylen)
-{
-    im_amqp_delivery_t d;
-    Im__V1__Delivery *out;
-
-    if (im_amqp_consumer_next(amqp, timeout_ms, &d) != IM_OK)
-        return NULL;
-    out = im__v1__delivery__unpack(NULL, d.len, d.body);
-    ASSERT_NOT_NULL(out);
-    if (rkey != NULL)
-        snprintf(rkey, rkeylen, "%s", d.routing_key);
-    return out;
-}
-
-/* The next presence notice within timeout_ms, skipping other deliveries. */
-static Im__V1__Delivery *next_presence(int timeout_ms, char *rkey, size_t rkeylen)
-{
-    Im__V1__Delivery *d;
-
-    while ((d = next_delivery(timeout_ms, rkey, rkeylen)) != NULL) {
-        if (d->presence != NULL)
-            return d;
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-    }
-    return NULL;
-}
-
-static void drain_deliveries(void)
-{
-    Im__V1__Delivery *d;
-
-    while ((d = next_delivery(300, NULL, 0)) != NULL)
-        protobuf_c_message_free_unpacked(&d->base, NULL);
-}
-
 /* ------------------------------------------------------------ tests */
 
 TEST(empty_batch_gets_no_results)
@@ -446,7 +323,7 @@ static uint64_t u0, u1, u3, gone;
 
 static const struct {
     uint64_t *user; /* NULL: user 0 */
-    int gw;         /* 0: gw_a, 1: gw_b, 2: the literal gateway id below */
+    int gw;         /* 0: fan.gw_a, 1: fan.gw_b, 2: the literal gateway id below */
     const char *gw_literal;
     const char *sid;
     im_rpc_code_t code; /* Connect's */
@@ -474,7 +351,9 @@ static const struct {
 
 static const char *spec_gw(size_t i)
 {
-    return mixed_spec[i].gw == 0 ? gw_a : mixed_spec[i].gw == 1 ? gw_b : mixed_spec[i].gw_literal;
+    return mixed_spec[i].gw == 0   ? fan.gw_a
+           : mixed_spec[i].gw == 1 ? fan.gw_b
+                                   : mixed_spec[i].gw_literal;
 }
 
 static uint64_t spec_user(size_t i)
@@ -492,19 +371,19 @@ TEST(connect_answers_each_session_as_online_would_with_its_groups)
     Im__V1__SessionBatchResponse *r;
     size_t n;
 
-    u0 = new_user("mix");
-    u1 = new_user("mix");
-    u3 = new_user("mix");
-    gone = new_user("mix");
-    other = new_user("mix");
-    g1 = new_group(other);
-    join(u1, g1);
-    g3[0] = new_group(u3);
+    u0 = it_new_user(&lg, "mix");
+    u1 = it_new_user(&lg, "mix");
+    u3 = it_new_user(&lg, "mix");
+    gone = it_new_user(&lg, "mix");
+    other = it_new_user(&lg, "mix");
+    g1 = it_new_group(&lg, other);
+    it_join(&lg, u1, g1);
+    g3[0] = it_new_group(&lg, u3);
     g3[1] = g1;
-    join(u3, g1);
-    g3[2] = new_group(other);
-    join(u3, g3[2]);
-    delete_account(gone);
+    it_join(&lg, u3, g1);
+    g3[2] = it_new_group(&lg, other);
+    it_join(&lg, u3, g3[2]);
+    it_delete_account(&lg, gone);
     mixed = sbatch_new(MIXED_N);
     for (size_t i = 0; i < MIXED_N; i++)
         sbatch_add(mixed, spec_user(i), spec_gw(i), mixed_spec[i].sid);
@@ -551,11 +430,11 @@ TEST(connect_answers_each_session_as_online_would_with_its_groups)
     }
     protobuf_c_message_free_unpacked(&r->base, NULL);
     /* Exactly the valid sessions are routed; none of the deleted user. */
-    ASSERT_EQ(routes_of(u0), 1);
-    ASSERT_EQ(routes_of(u1), 2);
-    ASSERT_EQ(routes_of(u3), 3);
-    ASSERT_EQ(routes_of(gone), 0);
-    ASSERT_TRUE(!routed(u0, gw_a, ""));
+    ASSERT_EQ(it_routes_of(redis, u0), 1);
+    ASSERT_EQ(it_routes_of(redis, u1), 2);
+    ASSERT_EQ(it_routes_of(redis, u3), 3);
+    ASSERT_EQ(it_routes_of(redis, gone), 0);
+    ASSERT_TRUE(!routed(u0, fan.gw_a, ""));
     ASSERT_TRUE(!routed(u3, "gw with space", "u3-s9"));
 }
 
@@ -589,20 +468,20 @@ TEST(disconnect_takes_each_session_offline_last_for_the_last)
         protobuf_c_message_free_unpacked(&single->base, NULL);
     }
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    ASSERT_EQ(routes_of(u0), 0);
-    ASSERT_EQ(routes_of(u1), 0);
-    ASSERT_EQ(routes_of(u3), 0);
-    ASSERT_EQ(routes_of(gone), 0);
+    ASSERT_EQ(it_routes_of(redis, u0), 0);
+    ASSERT_EQ(it_routes_of(redis, u1), 0);
+    ASSERT_EQ(it_routes_of(redis, u3), 0);
+    ASSERT_EQ(it_routes_of(redis, gone), 0);
     sbatch_free(mixed);
     mixed = NULL;
 }
 
-/* Checks that d is the presence of user (online or not) for peer on gw_a. */
+/* Checks that d is the presence of user (online or not) for peer on fan.gw_a. */
 static void check_presence(const Im__V1__Delivery *d, const char *rkey, uint64_t user,
                            uint64_t peer, bool online)
 {
     ASSERT_NOT_NULL(d);
-    ASSERT_STR_EQ(rkey + 3, gw_a);
+    ASSERT_STR_EQ(rkey + 3, fan.gw_a);
     ASSERT_U64_EQ(d->presence->user_id, user);
     ASSERT_EQ(d->presence->online, online);
     ASSERT_GT(d->presence->at_ms, 0);
@@ -616,7 +495,8 @@ static void check_presence(const Im__V1__Delivery *d, const char *rkey, uint64_t
  * a user without peers tells nobody. */
 TEST(presence_reaches_a_peer_after_connect_and_after_disconnect)
 {
-    uint64_t a = new_user("pres"), peer = new_user("pres"), lone = new_user("pres");
+    uint64_t a = it_new_user(&lg, "pres"), peer = it_new_user(&lg, "pres"),
+             lone = it_new_user(&lg, "pres");
     sbatch_t *b = sbatch_new(3);
     Im__V1__SessionBatchResponse *r;
     Im__V1__SessionRequest one = IM__V1__SESSION_REQUEST__INIT;
@@ -626,39 +506,41 @@ TEST(presence_reaches_a_peer_after_connect_and_after_disconnect)
 
     chat(a, peer);
     one.user_id = peer;
-    one.gateway_id = gw_a;
+    one.gateway_id = fan.gw_a;
     one.session_id = "peer-1";
-    ASSERT_EQ(call(&im__v1__session__descriptor, ONLINE, &one.base, &resp, msg, sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, ONLINE, &one.base, &resp, msg,
+                            sizeof(msg)),
               IM_RPC_OK);
     protobuf_c_message_free_unpacked(resp, NULL);
-    drain_deliveries();
-    sbatch_add(b, a, gw_b, "a-1");
-    sbatch_add(b, lone, gw_b, "lone-1");
-    sbatch_add(b, a, gw_b, "a-2");
+    it_drain_deliveries(&fan, 300);
+    sbatch_add(b, a, fan.gw_b, "a-1");
+    sbatch_add(b, lone, fan.gw_b, "lone-1");
+    sbatch_add(b, a, fan.gw_b, "a-2");
     r = sbatch_ok(CONNECT, b);
     accepted(CONNECT, r, 0, 1);
     accepted(CONNECT, r, 1, 1);
     accepted(CONNECT, r, 2, 0);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    d = next_presence(3000, rkey, sizeof(rkey));
+    d = it_next_of_kind(&fan, 3000, 'p', rkey, sizeof(rkey));
     check_presence(d, rkey, a, peer, true);
     protobuf_c_message_free_unpacked(&d->base, NULL);
-    ASSERT_NULL(next_presence(500, NULL, 0)); /* once, not per session */
+    ASSERT_NULL(it_next_of_kind(&fan, 500, 'p', NULL, 0)); /* once, not per session */
 
     r = sbatch_ok(DISCONNECT, b);
     accepted(DISCONNECT, r, 0, 0);
     accepted(DISCONNECT, r, 1, 1);
     accepted(DISCONNECT, r, 2, 1);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    d = next_presence(3000, rkey, sizeof(rkey));
+    d = it_next_of_kind(&fan, 3000, 'p', rkey, sizeof(rkey));
     check_presence(d, rkey, a, peer, false);
     protobuf_c_message_free_unpacked(&d->base, NULL);
-    ASSERT_NULL(next_presence(500, NULL, 0));
+    ASSERT_NULL(it_next_of_kind(&fan, 500, 'p', NULL, 0));
 
-    ASSERT_EQ(call(&im__v1__session__descriptor, OFFLINE, &one.base, &resp, msg, sizeof(msg)),
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, OFFLINE, &one.base, &resp, msg,
+                            sizeof(msg)),
               IM_RPC_OK);
     protobuf_c_message_free_unpacked(resp, NULL);
-    drain_deliveries();
+    it_drain_deliveries(&fan, 300);
     sbatch_free(b);
 }
 
@@ -685,18 +567,18 @@ TEST(batch_size_limit)
     char gw_c[48], sid[32], msg[256];
 
     for (size_t u = 0; u < BIG_USERS; u++)
-        users[u] = new_user("big");
-    ga = new_group(users[0]);
-    gb = new_group(users[BIG_USERS - 1]);
+        users[u] = it_new_user(&lg, "big");
+    ga = it_new_group(&lg, users[0]);
+    gb = it_new_group(&lg, users[BIG_USERS - 1]);
     for (size_t u = 0; u < BIG_USERS; u++) {
         if (u % 7 == 0) {
             if (u != 0)
-                join(users[u], ga);
+                it_join(&lg, users[u], ga);
             want[u][n_want[u]++] = ga;
         }
         if (u % 5 == 4) {
             if (u != BIG_USERS - 1)
-                join(users[u], gb);
+                it_join(&lg, users[u], gb);
             want[u][n_want[u]++] = gb;
         }
     }
@@ -711,7 +593,7 @@ TEST(batch_size_limit)
         ASSERT_STR_EQ(msg, "batch_too_large: at most 1000 sessions per call");
     }
     for (size_t u = 0; u < BIG_USERS; u++)
-        ASSERT_EQ(routes_of(users[u]), 0);
+        ASSERT_EQ(it_routes_of(redis, users[u]), 0);
     ASSERT_TRUE(!leased(gw_c));
 
     b->n = BATCH_MAX;
@@ -732,7 +614,7 @@ TEST(batch_size_limit)
     }
     protobuf_c_message_free_unpacked(&r->base, NULL);
     for (size_t u = 0; u < BIG_USERS; u++)
-        ASSERT_EQ(routes_of(users[u]), BATCH_MAX / BIG_USERS);
+        ASSERT_EQ(it_routes_of(redis, users[u]), BATCH_MAX / BIG_USERS);
     ASSERT_TRUE(leased(gw_c));
 
     t0 = im_mono_ms();
@@ -742,8 +624,8 @@ TEST(batch_size_limit)
         accepted(DISCONNECT, r, i, i >= BATCH_MAX - BIG_USERS);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     for (size_t u = 0; u < BIG_USERS; u++)
-        ASSERT_EQ(routes_of(users[u]), 0);
-    drain_deliveries();
+        ASSERT_EQ(it_routes_of(redis, users[u]), 0);
+    it_drain_deliveries(&fan, 300);
     b->n = BATCH_MAX + 1;
     sbatch_free(b);
 }
@@ -769,7 +651,7 @@ static void connect_without_db(it_logic_t *l, uint64_t user, const char *gw, con
            im_mono_ms() - t0, str(r->results[0]->groups_error));
     for (size_t i = 0; i < 2; i++) {
         accepted(CONNECT, r, i, i == 0);
-        if (!starts_with(r->results[i]->groups_error, "db_unavailable"))
+        if (!it_starts_with(r->results[i]->groups_error, "db_unavailable"))
             IM__FAIL("result %zu: groups_error \"%s\", want \"db_unavailable...\"", i,
                      str(r->results[i]->groups_error));
         ASSERT_EQ(r->results[i]->n_group_ids, 0);
@@ -782,7 +664,7 @@ static void connect_without_db(it_logic_t *l, uint64_t user, const char *gw, con
     accepted(DISCONNECT, r, 1, 1);
     refused(r, 2, IM_RPC_INVALID_ARGUMENT, "bad_user: ");
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    ASSERT_EQ(routes_of(user), 0);
+    ASSERT_EQ(it_routes_of(redis, user), 0);
     sbatch_free(b);
 }
 
@@ -819,7 +701,7 @@ static void infra(const char *args)
  * it.  Once MariaDB is back, Connect lists the groups again. */
 TEST(connect_with_the_database_down_still_routes_and_says_so)
 {
-    uint64_t u = new_user("nodb"), g = new_group(u);
+    uint64_t u = it_new_user(&lg, "nodb"), g = it_new_group(&lg, u);
     char port[16];
     const char *extra[] = {"--mysql-port", port, NULL};
     sbatch_t *b = sbatch_new(1);
@@ -828,21 +710,21 @@ TEST(connect_with_the_database_down_still_routes_and_says_so)
     /* A logic whose MySQL port is closed. */
     snprintf(port, sizeof(port), "%u", closed_port());
     ASSERT_TRUE(it_logic_start(&nodb, extra));
-    connect_without_db(&nodb, u, gw_a, "never");
+    connect_without_db(&nodb, u, fan.gw_a, "never");
     ASSERT_TRUE(it_logic_stop(&nodb));
 
     /* MariaDB stopped under the running logic (its workers hold connections). */
     im_mysql_close(db);
     db = NULL;
     infra("stop mariadb");
-    connect_without_db(&lg, u, gw_b, "gone");
+    connect_without_db(&lg, u, fan.gw_b, "gone");
     infra("up");
     ASSERT_EQ(it_env_load(), IM_OK);
     db = it_mysql_connect("it14");
 
     /* Back: the groups again (the first call may still meet a dead
      * connection and reconnect for the next). */
-    sbatch_add(b, u, gw_a, "back-1");
+    sbatch_add(b, u, fan.gw_a, "back-1");
     for (int i = 0; i < 50; i++) {
         r = sbatch_ok(CONNECT, b);
         accepted(CONNECT, r, 0, -1);
@@ -869,8 +751,6 @@ static void cleanup(void)
 
 int main(int argc, char **argv)
 {
-    char key[64];
-    im_amqp_queue_opts_t q = {.exclusive = true, .auto_delete = true};
     int rc;
 
     if (argc < 3) {
@@ -887,18 +767,7 @@ int main(int argc, char **argv)
     amqp = it_amqp_connect("it14");
     if (db == NULL || redis == NULL || amqp == NULL)
         return 1;
-    snprintf(gw_a, sizeof(gw_a), "it14-a-%d", (int)getpid());
-    snprintf(gw_b, sizeof(gw_b), "it14-b-%d", (int)getpid());
-    snprintf(fanout_queue, sizeof(fanout_queue), "it14.fanout.%d", (int)getpid());
-    q.name = fanout_queue;
-    if (im_amqp_declare_exchange(amqp, EXCHANGE, "direct", true) != IM_OK ||
-        im_amqp_declare_queue(amqp, &q, NULL, 0, NULL) != IM_OK)
-        return 1;
-    snprintf(key, sizeof(key), "gw.%s", gw_a);
-    im_amqp_bind(amqp, fanout_queue, EXCHANGE, key);
-    snprintf(key, sizeof(key), "gw.%s", gw_b);
-    im_amqp_bind(amqp, fanout_queue, EXCHANGE, key);
-    if (im_amqp_consume(amqp, fanout_queue, 0, true) != IM_OK)
+    if (!it_fanout_open(&fan, amqp, "it14"))
         return 1;
     if (!it_logic_start(&lg, NULL))
         return 1;
@@ -908,10 +777,8 @@ int main(int argc, char **argv)
     RUN(presence_reaches_a_peer_after_connect_and_after_disconnect);
     RUN(batch_size_limit);
     RUN(connect_with_the_database_down_still_routes_and_says_so);
-    if (!it_logic_stop(&lg)) {
-        fprintf(stderr, "FAIL logic did not exit cleanly on SIGTERM\n");
+    if (!it_logic_stop_checked(&lg))
         return 1;
-    }
     sbatch_free(mixed);
     im_mysql_close(db);
     im_redis_close(redis);
