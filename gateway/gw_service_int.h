@@ -90,7 +90,6 @@ struct gw_service_s {
 typedef enum {
     GW_CALL_ONLINE,
     GW_CALL_OFFLINE,
-    GW_CALL_MINE,   /* a new session's groups */
     GW_CALL_SEND,
     GW_CALL_SYNC,
     GW_CALL_READ,

@@ -1,10 +1,12 @@
 /*
- * lg_message.h - Message.Send of proto/im.proto: the durable path.
+ * lg_message.h - Message.Send and Message.SendBatch of proto/im.proto: the
+ * durable path.  A Send is a batch of one; each step below is done once for
+ * the whole batch (one Redis script per step, one MySQL lookup per 64 sends).
  *
- * A Send is validated, deduplicated, given an id (im_id) and a per-conversation
- * seq (lg_seq), and published as a persistent ChatBatch of one ChatMessage to
- * the durable queue the writer drains.  The client is answered only when the
- * broker has confirmed that publish: the reply is sent from the publisher's
+ * Each send is validated, deduplicated, given an id (im_id) and a
+ * per-conversation seq (lg_seq); the accepted ones are published as ONE
+ * persistent ChatBatch to the durable queue the writer drains.  The calls are
+ * answered only when the broker has confirmed that publish: the reply is sent from the publisher's
  * callback, so a worker thread never waits for a confirm.  A nack, a lost
  * connection or a timeout answers UNAVAILABLE "broker_unavailable: ..."; the
  * client retries with the same client_msg_id, which is safe (dedup below).
@@ -39,19 +41,20 @@
  *
  * Fan-out: before publishing a direct message, the routes of the recipient
  * and of the sender (its other devices) are looked up in Redis (lg_session);
- * after the confirm, one transient Delivery per gateway holding any of them
- * goes to the direct exchange LG_DELIVER_EXCHANGE with routing key
+ * after the confirm, a transient Delivery per message and gateway holding any
+ * of them goes to the direct exchange LG_DELIVER_EXCHANGE with routing key
  * "gw.<gateway id>" and user_ids naming whom it holds.  A group message is
- * ONE publish with key "g.<group id>": the broker copies it to every gateway
+ * ONE publish with key "g.<group id>" (a batch's deliveries for one key
+ * travel in one AMQP message, in Delivery.batch): the broker copies it to every gateway
  * that bound that key because it holds a member.  Deliveries are not
  * confirmed and may be lost with a gateway or the broker: the durable copy is
  * the queued one, and a device that missed a delivery gets it by Sync.  A
  * routing lookup that fails only costs the live delivery (logged).
  *
- * Order: within one logic instance, taking the seq and submitting the publish
- * happen under a per-conversation stripe lock, and the publisher sends in
- * submit order, so a conversation's messages reach the queue and the gateways
- * in seq order.  Two logic instances taking seqs of one conversation at the
+ * Order: within one logic instance, taking the seqs and submitting the publish
+ * happen under the stripe locks of the batch's conversations, and the
+ * publisher sends and reports in submit order, so a conversation's messages
+ * reach the queue and the gateways in seq order.  Two logic instances taking seqs of one conversation at the
  * same moment may still deliver live out of order (Sync is always ordered).
  *
  * Threads: an lg_message_t belongs to one worker thread (it uses that thread's
