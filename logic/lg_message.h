@@ -37,7 +37,12 @@
  * after a Redis loss, a message that is confirmed but still in the queue (not
  * yet written) is not found there, so its retry is accepted as new and the
  * writer then drops it on that unique key: the client holds the second id
- * while the first one is stored.
+ * while the first one is stored.  Second known window, the same outcome: the
+ * broker connection is lost between a publish and its confirm; the key is
+ * deleted and the client told broker_unavailable, but the publish may have
+ * reached the queue, and then the retry's new id is the one dropped.  (The
+ * fix: keep an "unconfirmed <id> <seq>" record and re-publish that id on the
+ * retry; not built.)
  *
  * Fan-out: before publishing a direct message, the routes of the recipient
  * and of the sender (its other devices) are looked up in Redis (lg_session);

@@ -55,7 +55,7 @@ async def broker_restart(sys_):
         await asyncio.get_running_loop().run_in_executor(None, infra, "stop", "rabbitmq")
         await asyncio.sleep(2)
         await asyncio.get_running_loop().run_in_executor(None, infra, "up")
-    return await run_with_fault(sys_, fault, seconds=20)
+    return await run_with_fault(sys_, fault, seconds=20, renamed_ok=True)
 
 
 async def db_down(sys_):
@@ -71,7 +71,7 @@ async def redis_restart(sys_):
         await asyncio.get_running_loop().run_in_executor(None, infra, "stop", "redis")
         await asyncio.sleep(1)
         await asyncio.get_running_loop().run_in_executor(None, infra, "up")
-    return await run_with_fault(sys_, fault, check_seq_rises=True, redis_lost=True)
+    return await run_with_fault(sys_, fault, check_seq_rises=True, renamed_ok=True)
 
 
 def main():
