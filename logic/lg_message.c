@@ -18,7 +18,7 @@
 
 #define CONV_MAX 48
 #define KEY_MAX (32 + 20 + LG_CLIENT_MSG_ID_MAX)
-#define RECORD_MAX 128
+#define RECORD_MAX 192
 #define FIND_SIZES 3 /* prepared sizes of the batched dedup lookup */
 
 /* Users known to exist, so a direct send need not ask MySQL each time.
@@ -50,14 +50,18 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
  * <check_until_ms>": until then, claims must also be checked against the
  * table, because this server (ARGV[2] is its run_id) may have lost records.
  * Then, per send, KEYS[2i] its dedup key (claimed "pending", NX, ARGV[1] ms)
- * and KEYS[2i+1] its sender's deleted mark.  Returns {check_until or "" when
+ * and KEYS[2i+1] its sender's deleted mark.  ARGV[3] is the time (unix ms),
+ * ARGV[4] the lease a takeover gets (ms).  Returns {check_until or "" when
  * KEYS[1] is missing or from another run (the caller computes and sets it),
  * then per send: 1, "" when claimed; 0, the key's value when not; 2, "" when
- * the sender's account is deleted}.  A sender's mark is read once per call. */
+ * the sender's account is deleted; 3, "<id> <conv> <seq> <ts>" when the key
+ * was "sending" that message with its lease over: this call now holds it and
+ * publishes that same message again}.  A sender's mark is read once per call. */
 static const char claim_lua[] =
     "local v = redis.call('GET', KEYS[1]) or ''\n"
     "local rid, untl = string.match(v, '^(%S+) (%d+)$')\n"
     "local out, gone = {''}, {}\n"
+    "local now = tonumber(ARGV[3])\n"
     "if rid == ARGV[2] then out[1] = untl end\n"
     "for i = 2, #KEYS, 2 do\n"
     "  if gone[KEYS[i + 1]] == nil then\n"
@@ -68,7 +72,30 @@ static const char claim_lua[] =
     "  elseif redis.call('SET', KEYS[i], 'pending', 'NX', 'PX', ARGV[1]) then\n"
     "    out[#out + 1] = 1; out[#out + 1] = ''\n"
     "  else\n"
-    "    out[#out + 1] = 0; out[#out + 1] = redis.call('GET', KEYS[i]) or ''\n"
+    "    local cur = redis.call('GET', KEYS[i]) or ''\n"
+    "    local rec, lease = string.match(cur, '^sending (.+) (%d+)$')\n"
+    "    if rec ~= nil and tonumber(lease) <= now then\n"
+    "      redis.call('SET', KEYS[i], 'sending ' .. rec .. ' ' ..\n"
+    "                 string.format('%.0f', now + tonumber(ARGV[4])), 'KEEPTTL')\n"
+    "      out[#out + 1] = 3; out[#out + 1] = rec\n"
+    "    else\n"
+    "      out[#out + 1] = 0; out[#out + 1] = cur\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* Turns the keys this call claimed "pending" (KEYS) into "sending" records
+ * (ARGV[1 + i], for ARGV[1] ms) before their messages are published.  Per
+ * key: 1 when done, 0 when the key is no longer "pending" (the claim expired
+ * and another call took it): that message must not be published. */
+static const char sending_lua[] =
+    "local out = {}\n"
+    "for i = 1, #KEYS do\n"
+    "  if redis.call('GET', KEYS[i]) == 'pending' then\n"
+    "    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1]); out[i] = 1\n"
+    "  else\n"
+    "    out[i] = 0\n"
     "  end\n"
     "end\n"
     "return out\n";
@@ -87,7 +114,7 @@ struct lg_message_s {
     im_redis_t *redis;
     lg_seq_t *seq;
     lg_session_t *sessions;
-    im_redis_script_t claim;
+    im_redis_script_t claim, sending;
     user_cache_t users; /* recipients known to exist */
     lg_target_t target;
     im_mysql_stmt_t *find_sent[FIND_SIZES]; /* prepared on first use */
@@ -132,6 +159,7 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
     m->seq = seq;
     m->sessions = sessions;
     m->claim = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(claim_lua);
+    m->sending = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(sending_lua);
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++) {
         im_mysql_stmt_t **st = (im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset);
         im_err_t rc = im_mysql_prepare(db, statements[i].sql, st);
@@ -258,6 +286,7 @@ typedef struct {
     char *error;                    /* the refusal's status message */
     bool go;                        /* its dedup key is claimed: to be published */
     bool dup;                       /* a retry of an accepted send: resp is the original */
+    bool again;                     /* publishes the message of an earlier unconfirmed try */
     Im__V1__SendResponse resp;
     Im__V1__ChatMessage msg;
     char conv[CONV_MAX + 1];
@@ -375,6 +404,41 @@ static uint64_t check_until(lg_message_t *m, const char *run_id)
     return until;
 }
 
+/* How long a "sending" record holds its key against retries: longer than a
+ * publish may wait to go out, plus a confirm's round trip. */
+static unsigned lease_ms(const lg_message_shared_t *sh)
+{
+    return 2 * sh->cfg.publish_timeout_ms + 5000;
+}
+
+/* The key held "sending <rec>" whose lease had ended: the try that wrote it
+ * was not confirmed (the broker went away, or its logic instance died), so
+ * its message may or may not be in the queue.  This send publishes that same
+ * message again (same id, seq and time): the writer stores an id once, and the
+ * client gets the id that is stored either way. */
+static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec)
+{
+    char conv[CONV_MAX + 1];
+    uint64_t id, seq;
+    int64_t ts;
+
+    if (rec == NULL ||
+        sscanf(rec, "%" SCNu64 " %48s %" SCNu64 " %" SCNd64, &id, conv, &seq, &ts) != 4) {
+        refuse(sh, it, IM_RPC_ABORTED, "in_progress: the same message is being sent, retry");
+        return;
+    }
+    if (strcmp(conv, it->conv) != 0) {
+        refuse(sh, it, IM_RPC_INVALID_ARGUMENT,
+               "client_msg_id_reused: this client_msg_id was sent to another conversation");
+        return;
+    }
+    it->go = true;
+    it->again = true;
+    it->msg.id = id;
+    it->msg.seq = seq;
+    it->msg.created_at_ms = ts;
+}
+
 /* Deletes the claimed keys of the sends that will not be published after
  * all (release set): a key must not say "pending" for a day.  Pipelined. */
 static void release_keys(im_redis_t *r, char *const *keys, size_t n)
@@ -393,7 +457,7 @@ static void release_keys(im_redis_t *r, char *const *keys, size_t n)
 static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
 {
     size_t k = 0, nargs, at = 1;
-    char ttl[16], (*deleted)[40];
+    char ttl[16], now[24], lease[16], (*deleted)[40];
     const char **args, *run_id = NULL;
     im_redis_reply_t *rep = NULL;
     im_err_t rc;
@@ -403,7 +467,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         k += b->items[i].code == IM_RPC_OK && !b->items[i].dup;
     if (k == 0)
         return;
-    nargs = 1 + 2 * k + 2;
+    nargs = 1 + 2 * k + 4;
     args = im_malloc(nargs * sizeof(*args));
     deleted = im_malloc(k * sizeof(*deleted));
     args[0] = LG_DEDUP_SINCE_KEY;
@@ -420,12 +484,16 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         args[2 + 2 * j] = deleted[j];
         j++;
     }
-    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_PENDING_MS);
+    snprintf(now, sizeof(now), "%" PRIu64, im_wall_ms());
+    snprintf(lease, sizeof(lease), "%u", lease_ms(m->sh));
     if (!im_redis_is_open(m->redis))
         im_redis_reconnect(m->redis);
     rc = im_redis_run_id(m->redis, &run_id);
-    args[nargs - 2] = ttl;
-    args[nargs - 1] = run_id;
+    args[nargs - 4] = ttl;
+    args[nargs - 3] = run_id;
+    args[nargs - 2] = now;
+    args[nargs - 1] = lease;
     if (rc == IM_OK)
         rc = im_redis_eval(m->redis, &m->claim, (int)(1 + 2 * k), (int)nargs, args, NULL, &rep);
     if (rc == IM_OK && im_redis_reply_count(rep) != 1 + 2 * k)
@@ -451,6 +519,8 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         at += 2;
         if (got == 1)
             it->go = true;
+        else if (got == 3)
+            take_over(b->sh, it, value);
         else if (got == 2)
             refuse(b->sh, it, IM_RPC_PERMISSION_DENIED, "user_deleted: this account was deleted");
         else if (value == NULL || strcmp(value, "pending") == 0 || !dup_from_record(it, value))
@@ -544,7 +614,7 @@ static void find_stored_all(lg_message_t *m, batch_t *b)
         im_rpc_code_t code = IM_RPC_OK;
         im_err_t rc;
 
-        if (i < b->n && b->items[i].go)
+        if (i < b->n && b->items[i].go && !b->items[i].again)
             at[n++] = &b->items[i];
         if (n == 0 || (n < max && i < b->n))
             continue;
@@ -580,7 +650,8 @@ static im_redis_t *callback_redis(lg_message_shared_t *sh)
 
 /* Runs on the publisher thread before the client is answered, so a retry
  * after the answer finds the record: the published sends' keys get their
- * records (ok) or are deleted.  One pipelined round trip. */
+ * records (ok), or "sending" records whose lease is over, so that the retry
+ * publishes the same message again at once.  One pipelined round trip. */
 static void record_outcome(batch_t *b, bool ok)
 {
     im_redis_t *r = callback_redis(b->sh);
@@ -588,7 +659,8 @@ static void record_outcome(batch_t *b, bool ok)
     char rec[RECORD_MAX];
 
     if (r == NULL) {
-        im_log_warn("send: redis unavailable: %zu dedup keys left to expire", b->n_go);
+        im_log_warn("send: redis unavailable: %zu dedup keys keep their sending records",
+                    b->n_go);
         return;
     }
     for (size_t i = 0; i < b->n; i++) {
@@ -602,7 +674,9 @@ static void record_outcome(batch_t *b, bool ok)
                      it->conv, it->msg.seq, it->msg.created_at_ms);
             rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
         } else {
-            rc = im_redis_append(r, "DEL %s", it->key);
+            snprintf(rec, sizeof(rec), "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " 0",
+                     it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms);
+            rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
         }
         queued += rc == IM_OK;
     }
@@ -776,6 +850,65 @@ static void find_routes(lg_message_t *m, batch_t *b)
     im_free(q);
 }
 
+/* Before anything is published: the claimed keys of the new sends become
+ * "sending <id> <conv> <seq> <ts> <lease until>" records, so that a retry
+ * after an unknown outcome (the broker or this instance lost before the
+ * confirm) publishes the same message again instead of a new one.  A send
+ * whose claim was lost meanwhile is refused; when Redis fails, all are (their
+ * seqs are skipped: a gap, as when a publish fails). */
+static void mark_sending(lg_message_t *m, batch_t *b)
+{
+    size_t k = 0;
+    const char **args;
+    char (*recs)[RECORD_MAX], ttl[16];
+    uint64_t until = im_wall_ms() + lease_ms(m->sh);
+    im_redis_reply_t *rep = NULL;
+    im_err_t rc;
+
+    for (size_t i = 0; i < b->n; i++)
+        k += b->items[i].go && !b->items[i].again;
+    if (k == 0)
+        return;
+    args = im_malloc((2 * k + 1) * sizeof(*args));
+    recs = im_malloc(k * sizeof(*recs));
+    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+    args[k] = ttl;
+    for (size_t i = 0, j = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+
+        if (!it->go || it->again)
+            continue;
+        snprintf(recs[j], RECORD_MAX, "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " %" PRIu64,
+                 it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms, until);
+        args[j] = it->key;
+        args[k + 1 + j] = recs[j];
+        j++;
+    }
+    rc = im_redis_eval(m->redis, &m->sending, (int)k, (int)(2 * k + 1), args, NULL, &rep);
+    if (rc == IM_OK && im_redis_reply_count(rep) != k)
+        rc = IM_EPARSE;
+    if (rc != IM_OK) {
+        im_log_warn("send: redis: %s (%s)", im_strerror(rc), im_redis_error(m->redis));
+        if (!im_redis_is_open(m->redis))
+            im_redis_reconnect(m->redis);
+    }
+    for (size_t i = 0, j = 0; i < b->n; i++) {
+        item_t *it = &b->items[i];
+
+        if (!it->go || it->again)
+            continue;
+        if (rc != IM_OK)
+            refuse(b->sh, it, IM_RPC_UNAVAILABLE, "redis_unavailable: try again");
+        else if (im_redis_reply_int(im_redis_reply_elem(rep, j)) != 1)
+            refuse(b->sh, it, IM_RPC_ABORTED,
+                   "in_progress: the same message is being sent, retry");
+        j++;
+    }
+    im_redis_reply_free(rep);
+    im_free(recs);
+    im_free(args);
+}
+
 /* Seqs and ids for the sends still to go, and one persistent publish of them
  * all; the confirm answers the call.  Under the stripe locks of their
  * conversations: the publisher sends in submit order, so this instance's
@@ -794,7 +927,8 @@ static bool publish_all(lg_message_t *m, batch_t *b)
     _Static_assert(LG_SEND_STRIPES <= 64, "stripes are a 64-bit mask");
     for (size_t i = 0; i < b->n; i++)
         if (b->items[i].go) {
-            convs[k++] = b->items[i].conv;
+            if (!b->items[i].again)
+                convs[k++] = b->items[i].conv;
             stripes |= 1ull << (conv_hash(b->items[i].conv) % LG_SEND_STRIPES);
         }
     /* In index order: two batches never wait for each other in a cycle. */
@@ -807,7 +941,7 @@ static bool publish_all(lg_message_t *m, batch_t *b)
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
 
-        if (!it->go)
+        if (!it->go || it->again)
             continue;
         if (errs[j] != IM_OK) {
             im_log_warn("send: seq for %s: %s", it->conv, im_strerror(errs[j]));
@@ -821,9 +955,13 @@ static bool publish_all(lg_message_t *m, batch_t *b)
         it->msg.id = im_id_next(m->sh->cfg.ids);
         it->msg.seq = seqs[j++];
         it->msg.created_at_ms = (int64_t)im_wall_ms();
-        msgs[k++] = &it->msg;
-        b->n_go++;
     }
+    mark_sending(m, b);
+    for (size_t i = 0; i < b->n; i++)
+        if (b->items[i].go) {
+            msgs[k++] = &b->items[i].msg;
+            b->n_go++;
+        }
     if (k > 0) {
         size_t len;
         uint8_t *buf;

@@ -22,11 +22,21 @@
  *
  * Conversations: "d:<lower id>:<higher id>" (direct), "g:<group id>".
  *
- * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, 24 h TTL.  It is set to
- * "pending" (SET NX) before anything is assigned, to "<id> <conv> <seq> <ts>"
- * after the confirm and before the answer, and deleted when the publish
- * fails.  A retry that finds the record answers the original id, conv and seq
- * with duplicate = true; one that finds "pending" answers ABORTED.
+ * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, 24 h TTL.  It is
+ * claimed "pending" (SET NX, LG_DEDUP_PENDING_MS) before anything is assigned;
+ * once the id and seq are, and BEFORE the publish, it becomes "sending <id>
+ * <conv> <seq> <ts> <lease until>"; after the confirm and before the answer,
+ * the record "<id> <conv> <seq> <ts>".  A retry that finds the record answers
+ * the original id, conv and seq with duplicate = true; one that finds
+ * "pending" or a "sending" whose lease is running answers ABORTED.  A publish
+ * whose outcome is unknown (nack, connection lost before the confirm, this
+ * instance killed) leaves "sending" with its lease over (at once, or when the
+ * lease runs out): the retry then publishes that same message again (same
+ * id, seq and time), so whether or not the first publish reached the queue,
+ * the message is stored once under the id the client is given.  Its live
+ * delivery may then come after later messages of its conversation (it keeps
+ * its seq; Sync is ordered).  A claim that is never published (a refusal after
+ * the claim, a crash before the "sending" record) is deleted or expires.
  * Redis may lose records (restart, failover, restore from a snapshot): the key
  * LG_DEDUP_SINCE_KEY holds the server's run_id and until when claims must
  * also be checked against the messages table's unique key (sender_id,
@@ -37,12 +47,7 @@
  * after a Redis loss, a message that is confirmed but still in the queue (not
  * yet written) is not found there, so its retry is accepted as new and the
  * writer then drops it on that unique key: the client holds the second id
- * while the first one is stored.  Second known window, the same outcome: the
- * broker connection is lost between a publish and its confirm; the key is
- * deleted and the client told broker_unavailable, but the publish may have
- * reached the queue, and then the retry's new id is the one dropped.  (The
- * fix: keep an "unconfirmed <id> <seq>" record and re-publish that id on the
- * retry; not built.)
+ * while the first one is stored.
  *
  * Fan-out: before publishing a direct message, the routes of the recipient
  * and of the sender (its other devices) are looked up in Redis (lg_session);
@@ -88,6 +93,7 @@
 #define LG_SEND_BATCH_MAX 1000
 #define LG_SEND_STRIPES 64 /* locks keeping a conversation's seq and publish in order */
 #define LG_DEDUP_TTL_MS (24 * 3600 * 1000)
+#define LG_DEDUP_PENDING_MS 60000 /* a claim not yet turned into a "sending" record */
 #define LG_DEDUP_SINCE_KEY "im:dedup:since"
 
 typedef struct {

@@ -55,7 +55,7 @@ async def broker_restart(sys_):
         await asyncio.get_running_loop().run_in_executor(None, infra, "stop", "rabbitmq")
         await asyncio.sleep(2)
         await asyncio.get_running_loop().run_in_executor(None, infra, "up")
-    return await run_with_fault(sys_, fault, seconds=20, renamed_ok=True)
+    return await run_with_fault(sys_, fault, seconds=20)
 
 
 async def db_down(sys_):

@@ -226,12 +226,13 @@ async def run_with_fault(sys_, fault, pairs=4, seconds=12, rate=10, gateways=(0,
         missing = [i for i in acked if i not in counts]
         renamed = {}
         if missing and renamed_ok:
-            # The documented windows (logic/lg_message.h, "Known windows"): a
-            # message whose dedup record Redis lost before it was written, or
-            # whose publish outcome the broker's restart left unknown (the
-            # client was told to retry), gets a second id when retried, which
-            # the writer drops on (sender, client_msg_id).  The message itself
-            # must still be stored exactly once; the summary counts them.
+            # The documented window (logic/lg_message.h, "Known window"): a
+            # message whose dedup record Redis lost before it was written gets
+            # a second id when retried, which the writer drops on (sender,
+            # client_msg_id).  The message itself must still be stored exactly
+            # once; the summary counts them.  (A publish whose outcome the
+            # broker's restart left unknown is re-published under its own id
+            # by the retry: no renaming allowed there.)
             pairs = {}
             for i in missing:
                 snd, ack = acked[i]
