@@ -208,6 +208,7 @@ gw_t *gw_new(const gw_config_t *cfg, const gw_hooks_t *hooks, im_bufpool_t *pool
     gw->pool = pool ? pool : im_bufpool_new(NULL);
     gw->own_pool = pool == NULL;
     gw_sessions_init(&gw->sessions);
+    gw->sessions.data_size = gw->hooks.session_data_size;
     gw->started_ms = im_mono_ms();
     im_wheel_init(&gw->wheel, gw->started_ms, GW_TICK_MS);
     gw->posts = im_queue_new(wake_cb, gw);
@@ -341,60 +342,68 @@ int gw__done(gw_t *gw)
 
 /* ---- sessions ---- */
 
-static void idle_cb(im_timer_t *t, void *arg)
-{
-    gw_session_t *s = SESSION_OF(t, idle_timer);
-
-    im_log_debug("session=%016llx user=%llu: idle timeout", (unsigned long long)s->id,
-                 (unsigned long long)s->user_id);
-    gw__session_close(arg, s, 1000, "idle timeout", GW_CLOSE_IDLE);
-}
-
-/* The peer has been quiet for a ping interval: ping it, and again every
- * interval until it answers or the idle timer closes it. */
-static void ping_cb(im_timer_t *t, void *arg)
+/* One timer per session, re-armed lazily: input only records its time, and
+ * the timer, when it fires, looks at how long the peer has been quiet.  Quiet
+ * for the idle timeout: closed.  Quiet for a ping interval (or another one
+ * since the last ping): pinged.  Else it sleeps until the next of those. */
+static void quiet_cb(im_timer_t *t, void *arg)
 {
     gw_t *gw = arg;
-    gw_session_t *s = SESSION_OF(t, ping_timer);
+    gw_session_t *s = SESSION_OF(t, timer);
+    uint64_t now = im_mono_ms(), quiet = now - s->last_rx_ms, next;
+    uint64_t idle = (uint64_t)gw->cfg.idle_timeout_ms, ping = (uint64_t)gw->cfg.ping_interval_ms;
 
-    s->ping_due = 1;
-    gw__io_want_write(gw, s->conn);
-    im_wheel_add(&gw->wheel, t, (uint64_t)gw->cfg.ping_interval_ms);
+    if (now < s->last_rx_ms)
+        quiet = 0;
+    if (quiet >= idle) {
+        im_log_debug("session=%016llx user=%llu: idle timeout", (unsigned long long)s->id,
+                     (unsigned long long)s->user_id);
+        gw__session_close(gw, s, 1000, "idle timeout", GW_CLOSE_IDLE);
+        return;
+    }
+    next = idle - quiet;
+    if (ping > 0) {
+        if (quiet >= ping) {
+            s->ping_due = 1;
+            gw__io_want_write(gw, s->conn);
+        }
+        /* The next multiple of the interval since the last input. */
+        if (ping - quiet % ping < next)
+            next = ping - quiet % ping;
+    }
+    im_wheel_add(&gw->wheel, t, next ? next : 1);
 }
 
 void gw__session_touch(gw_t *gw, gw_session_t *s)
 {
-    if (s->closing)
-        return;
-    im_wheel_add(&gw->wheel, &s->idle_timer, (uint64_t)gw->cfg.idle_timeout_ms);
-    if (gw->cfg.ping_interval_ms > 0)
-        im_wheel_add(&gw->wheel, &s->ping_timer, (uint64_t)gw->cfg.ping_interval_ms);
+    (void)gw;
+    s->last_rx_ms = im_mono_ms();
 }
 
-static void fill_info(const gw_session_t *s, gw_session_info_t *out)
+static void fill_info(const gw_t *gw, gw_session_t *s, gw_session_info_t *out)
 {
     out->id = s->id;
     out->user_id = s->user_id;
-    out->name = s->name;
+    out->data = gw->sessions.data_size ? (void *)s->data : NULL;
 }
 
-gw_session_t *gw__session_open(gw_t *gw, void *conn, uint64_t user_id, const char *name)
+gw_session_t *gw__session_open(gw_t *gw, void *conn, uint64_t user_id)
 {
     gw_session_t *s = gw_sessions_add(&gw->sessions, user_id);
     gw_session_info_t info;
 
     s->conn = conn;
-    snprintf(s->name, sizeof s->name, "%s", name ? name : "");
-    s->opened_ms = im_mono_ms();
-    im_timer_init(&s->idle_timer, idle_cb, gw);
-    im_timer_init(&s->ping_timer, ping_cb, gw);
-    gw_bucket_init(&s->bucket, (uint32_t)gw->cfg.rate_burst, s->opened_ms);
-    gw__session_touch(gw, s);
+    s->last_rx_ms = im_mono_ms();
+    im_timer_init(&s->timer, quiet_cb, gw);
+    gw_bucket_init(&s->bucket, (uint32_t)gw->cfg.rate_burst, s->last_rx_ms);
+    im_wheel_add(&gw->wheel, &s->timer,
+                 (uint64_t)(gw->cfg.ping_interval_ms > 0 ? gw->cfg.ping_interval_ms
+                                                         : gw->cfg.idle_timeout_ms));
     gw->metrics.connections_total++;
     im_log_debug("session=%016llx user=%llu: open", (unsigned long long)s->id,
                  (unsigned long long)user_id);
     if (gw->hooks.on_open != NULL) {
-        fill_info(s, &info);
+        fill_info(gw, s, &info);
         gw->hooks.on_open(gw, &info, gw->hooks.arg);
     }
     /* An upgrade that raced the start of a shutdown. */
@@ -406,7 +415,6 @@ gw_session_t *gw__session_open(gw_t *gw, void *conn, uint64_t user_id, const cha
 void gw__session_closed(gw_t *gw, gw_session_t *s, int peer_code)
 {
     gw_close_kind_t kind = (gw_close_kind_t)s->close_kind;
-    char name[sizeof s->name];
     gw_session_info_t info;
     int code;
 
@@ -414,27 +422,30 @@ void gw__session_closed(gw_t *gw, gw_session_t *s, int peer_code)
         kind = peer_code ? GW_CLOSE_PEER : GW_CLOSE_DROPPED;
     code = s->closing ? s->close_code : peer_code ? peer_code : 1006;
     gw->metrics.closes[kind]++;
-    im_wheel_cancel(&gw->wheel, &s->idle_timer);
-    im_wheel_cancel(&gw->wheel, &s->ping_timer);
+    im_wheel_cancel(&gw->wheel, &s->timer);
     im_log_debug("session=%016llx user=%llu: closed (%s, %d)", (unsigned long long)s->id,
                  (unsigned long long)s->user_id, gw_close_kind_name(kind), code);
-    /* The hook sees the session already removed, as gw.h promises. */
-    fill_info(s, &info);
-    memcpy(name, s->name, sizeof name);
-    info.name = name;
-    gw_sessions_remove(&gw->sessions, s);
+    /* The hook sees the session already removed, as gw.h promises, with its
+     * data still there. */
+    fill_info(gw, s, &info);
+    gw_sessions_unlink(&gw->sessions, s);
     if (gw->hooks.on_close != NULL)
         gw->hooks.on_close(gw, &info, code, gw->hooks.arg);
+    gw_session_free(s);
 }
 
 /* The close frame's reason must be valid UTF-8: a reason cut to fit must not
  * end inside a character. */
 static void set_reason(gw_session_t *s, const char *reason)
 {
-    size_t len;
+    size_t len = reason ? strlen(reason) : 0;
 
-    snprintf(s->close_reason, sizeof s->close_reason, "%s", reason ? reason : "");
-    len = strlen(s->close_reason);
+    if (len > GW_CLOSE_REASON_MAX)
+        len = GW_CLOSE_REASON_MAX;
+    im_free(s->close_reason);
+    s->close_reason = im_malloc(len + 1);
+    memcpy(s->close_reason, reason ? reason : "", len);
+    s->close_reason[len] = '\0';
     while (len > 0 && !im_utf8_valid(s->close_reason, len))
         s->close_reason[--len] = '\0';
 }
@@ -452,8 +463,7 @@ void gw__session_close(gw_t *gw, gw_session_t *s, int code, const char *reason,
     im_free(s->rx);
     s->rx = NULL;
     s->rx_len = s->rx_cap = 0;
-    im_wheel_cancel(&gw->wheel, &s->idle_timer);
-    im_wheel_cancel(&gw->wheel, &s->ping_timer);
+    im_wheel_cancel(&gw->wheel, &s->timer);
     gw__io_close_soon(gw, s->conn);
 }
 
@@ -521,8 +531,30 @@ im_err_t gw_session_info(gw_t *gw, uint64_t session_id, gw_session_info_t *out)
 
     if (s == NULL)
         return IM_ENOENT;
-    fill_info(s, out);
+    fill_info(gw, s, out);
     return IM_OK;
+}
+
+void *gw_session_data(gw_t *gw, uint64_t session_id)
+{
+    gw_session_t *s = gw_sessions_get(&gw->sessions, session_id);
+
+    return s != NULL && gw->sessions.data_size ? (void *)s->data : NULL;
+}
+
+void gw_sessions_foreach(gw_t *gw, void (*fn)(gw_t *gw, const gw_session_info_t *s, void *arg),
+                         void *arg)
+{
+    gw_session_info_t info;
+
+    for (uint32_t i = 0; i < gw->sessions.nslots; i++) {
+        gw_session_t *s = gw->sessions.slots[i].s;
+
+        if (s != NULL) {
+            fill_info(gw, s, &info);
+            fn(gw, &info, arg);
+        }
+    }
 }
 
 size_t gw_session_count(const gw_t *gw)

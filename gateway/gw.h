@@ -46,7 +46,7 @@ typedef struct gw_http_req_s gw_http_req_t;
 typedef struct gw_session_info_s {
     uint64_t id;      /* the session id: unique for the life of the process */
     uint64_t user_id; /* the token's sub */
-    const char *name; /* the token's name claim, "" if none */
+    void *data;       /* the hooks' session_data_size bytes (zeroed at open), or NULL */
 } gw_session_info_t;
 
 /* A client message with a string "type" that the gateway does not handle
@@ -96,6 +96,11 @@ typedef struct gw_hooks_s {
 
     /* /metrics: may append more Prometheus text (complete lines) to out. */
     void (*on_metrics)(gw_t *gw, gw_sb_t *out, void *arg);
+
+    /* Bytes the hooks keep per session, allocated with the session (zeroed)
+     * and freed after on_close: see gw_session_info_t.data and
+     * gw_session_data().  Saves a map and an allocation per connection. */
+    size_t session_data_size;
 } gw_hooks_t;
 
 /* Makes a gateway from cfg (copied) and hooks (copied; NULL = all defaults)
@@ -171,9 +176,18 @@ size_t gw_user_sessions(gw_t *gw, uint64_t user_id, uint64_t *ids, size_t max);
  * when the connection is gone.  IM_ENOENT when no such session. */
 im_err_t gw_session_close(gw_t *gw, uint64_t session_id, int code, const char *reason);
 
-/* Fills *out for a live session (name points into the session: valid until
- * it closes).  IM_ENOENT when none. */
+/* Fills *out for a live session.  IM_ENOENT when none. */
 im_err_t gw_session_info(gw_t *gw, uint64_t session_id, gw_session_info_t *out);
+
+/* The hooks' data of a live session (gw_hooks_t.session_data_size bytes), or
+ * NULL when there is no such session (or the size is 0).  Loop thread. */
+void *gw_session_data(gw_t *gw, uint64_t session_id);
+
+/* Calls fn for every live session, in no particular order.  fn may send to
+ * and start closing sessions (a close completes later), not free the gateway.
+ * Loop thread. */
+void gw_sessions_foreach(gw_t *gw, void (*fn)(gw_t *gw, const gw_session_info_t *s, void *arg),
+                         void *arg);
 
 /* Live sessions on this gateway. */
 size_t gw_session_count(const gw_t *gw);

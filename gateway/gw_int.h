@@ -89,7 +89,7 @@ struct gw_http_req_s {
 
 /* A new session for an authenticated upgrade on conn: timers armed, on_open
  * called.  Never NULL. */
-gw_session_t *gw__session_open(gw_t *gw, void *conn, uint64_t user_id, const char *name);
+gw_session_t *gw__session_open(gw_t *gw, void *conn, uint64_t user_id);
 
 /* The connection of s is gone: timers cancelled, counted, on_close called,
  * s freed.  peer_code is the code the peer sent (0: none). */

@@ -59,12 +59,13 @@ _Static_assert(IM_BUF_HEADROOM >= LWS_PRE, "im_buf headroom too small for lws_wr
  * (no permessage-deflate), so server frames are plain: FIN + opcode, length. */
 #define COALESCE_MAX 16384
 /* Per-connection receive buffer lws allocates for the life of the connection:
- * the largest part of an idle connection's memory (full service, 5,000 idle
- * connections: 3,521 bytes of RSS each with 1 KiB, 2,426 with 256 bytes; the
- * bare core measured 3.2 KiB with 1 KiB and 6 KiB with 4 KiB).  A send frame
- * with a 100-byte body (~180 bytes of JSON) fits; bigger ones arrive in several
- * RECEIVE callbacks and are reassembled in the session. */
-#define RX_BUFFER 256
+ * the largest part of an idle connection's memory that we choose (full
+ * service, 5,000 idle connections: 3,521 bytes of RSS each with 1 KiB, 2,426
+ * with 256 bytes; the bare core measured 3.2 KiB with 1 KiB and 6 KiB with
+ * 4 KiB; 19,000 connections: 2,046 bytes with 256, see README for 192).  A
+ * send frame with a 100-byte body (~180 bytes of JSON) fits; bigger ones
+ * arrive in several RECEIVE callbacks and are reassembled in the session. */
+#define RX_BUFFER 192
 /* Largest single send(); without it lws would cut every frame into
  * RX_BUFFER-sized sends.  Above the largest default pool class (64 KiB). */
 #define TX_PACKET (128 * 1024)
@@ -96,7 +97,6 @@ typedef struct pss_s {
     gw_http_req_t *req; /* HTTP: the request being answered */
     uint64_t user_id;   /* from the token, between the filter and ESTABLISHED */
     int peer_code;      /* close code the client sent, 0 if none */
-    char name[IM_JWT_NAME_MAX + 1];
 } pss_t;
 
 static gw_t *gw_of(struct lws *wsi)
@@ -246,7 +246,6 @@ static int filter_ws(gw_t *gw, struct lws *wsi, pss_t *pss)
     if (pss == NULL || len == 0 || gw__auth(gw, token, len, &claims) != IM_OK)
         return 1;
     pss->user_id = claims.sub;
-    snprintf(pss->name, sizeof pss->name, "%s", claims.name);
     return 0;
 }
 
@@ -262,10 +261,10 @@ static int filter_ws(gw_t *gw, struct lws *wsi, pss_t *pss)
  * written raw: FIN + opcode 8, an unmasked length below 126, code, reason. */
 static int send_close(struct lws *wsi, gw_session_t *s)
 {
-    unsigned char buf[LWS_PRE + 4 + sizeof s->close_reason], *p = buf + LWS_PRE;
-    size_t rlen = strlen(s->close_reason);
+    unsigned char buf[LWS_PRE + 4 + GW_CLOSE_REASON_MAX], *p = buf + LWS_PRE;
+    size_t rlen = s->close_reason ? strlen(s->close_reason) : 0;
 
-    _Static_assert(sizeof s->close_reason + 2 <= 125, "close payload must fit a short frame");
+    _Static_assert(GW_CLOSE_REASON_MAX + 2 <= 125, "close payload must fit a short frame");
     if (s->close_sent)
         return 0;
     s->close_sent = 1;
@@ -273,7 +272,8 @@ static int send_close(struct lws *wsi, gw_session_t *s)
     p[1] = (unsigned char)(2 + rlen);
     p[2] = (unsigned char)(s->close_code >> 8);
     p[3] = (unsigned char)s->close_code;
-    memcpy(p + 4, s->close_reason, rlen);
+    if (rlen > 0)
+        memcpy(p + 4, s->close_reason, rlen);
     return lws_write(wsi, p, 4 + rlen, LWS_WRITE_RAW) < 0 ? -1 : 0;
 }
 
@@ -419,7 +419,7 @@ static int ws_callback(gw_t *gw, struct lws *wsi, enum lws_callback_reasons reas
     case LWS_CALLBACK_ESTABLISHED:
         /* A session opened during shutdown is closed at once: through the
          * writable callback, since failing ESTABLISHED sends no close frame. */
-        pss->s = gw__session_open(gw, wsi, pss->user_id, pss->name);
+        pss->s = gw__session_open(gw, wsi, pss->user_id);
         return 0;
     case LWS_CALLBACK_RECEIVE:
         return s ? on_receive(gw, wsi, s, in, len) : -1;

@@ -46,7 +46,6 @@ gw_service_t *gw_service_new(const gw_service_config_t *cfg)
     if (svc->cfg.sync_limit == 0)
         svc->cfg.sync_limit = 500;
     make_clients(svc);
-    im_map_init(&svc->sessions);
     im_map_init(&svc->groups);
     pthread_mutex_init(&svc->hb_lock, NULL);
     pthread_cond_init(&svc->hb_cond, NULL);
@@ -391,7 +390,7 @@ static barrier_ctx_t *barrier_new(gw_service_t *svc, uint64_t session_id)
 static void bound_task(gw_t *gw, void *arg)
 {
     barrier_ctx_t *b = arg;
-    gw_sess_t *s = im_map_get(&b->svc->sessions, b->session_id);
+    gw_sess_t *s = gw_session_data(gw, b->session_id);
 
     (void)gw;
     if (s != NULL)
@@ -440,7 +439,7 @@ static void connect_done(gw_service_t *svc, gw_call_t *bc)
     for (size_t i = 0; i < bc->n_pairs; i++) {
         uint64_t id = bc->pairs[2 * i], user = bc->pairs[2 * i + 1];
         const Im__V1__SessionResult *res = whole ? r->results[i] : NULL;
-        gw_sess_t *s = im_map_get(&svc->sessions, id);
+        gw_sess_t *s = gw_session_data(svc->gw, id);
 
         if (res == NULL || res->code != IM_RPC_OK) {
             if (res != NULL)
@@ -547,20 +546,19 @@ void gw__flush_soon(gw_service_t *svc)
 static void on_open(gw_t *gw, const gw_session_info_t *info, void *arg)
 {
     gw_service_t *svc = arg;
-    gw_sess_t *s = im_calloc(1, sizeof(*s));
+    gw_sess_t *s = info->data; /* zeroed, freed with the session */
 
     (void)gw;
     s->id = info->id;
     s->user = info->user_id;
     s->pending = 2; /* routed to (Online), groups bound (Mine + barrier) */
-    im_map_put(&svc->sessions, s->id, s);
     session_batch_add(svc, true, s->id, s->user);
 }
 
 static void on_close(gw_t *gw, const gw_session_info_t *info, int code, void *arg)
 {
     gw_service_t *svc = arg;
-    gw_sess_t *s = im_map_del(&svc->sessions, info->id);
+    gw_sess_t *s = info->data;
 
     (void)gw;
     (void)code;
@@ -571,7 +569,7 @@ static void on_close(gw_t *gw, const gw_session_info_t *info, int code, void *ar
     if (s->online)
         session_batch_add(svc, false, s->id, s->user);
     im_free(s->groups);
-    im_free(s);
+    s->groups = NULL;
 }
 
 /* ------------------------------------------------------------ deliveries */
@@ -597,7 +595,7 @@ static void fan_out(gw_service_t *svc, const Im__V1__Delivery *d, uint64_t group
     if (group != 0) {
         gw_members_t *m = im_map_get(&svc->groups, group);
         for (size_t i = 0; m != NULL && i < m->n; i++) {
-            gw_sess_t *s = im_map_get(&svc->sessions, m->sessions[i]);
+            gw_sess_t *s = gw_session_data(svc->gw, m->sessions[i]);
             if (m->sessions[i] != skip && s != NULL && s->user != skip_user &&
                 gw_session_send(svc->gw, m->sessions[i], b) == IM_OK)
                 svc->delivered++;
@@ -715,7 +713,7 @@ static void deliver_group_event(gw_service_t *svc, const Im__V1__Delivery *d)
     im_buf_t *b = gw__buf_begin(svc, 256, &w);
 
     for (size_t i = 0; i < n && i < 64; i++) {
-        gw_sess_t *s = im_map_get(&svc->sessions, ids[i]);
+        gw_sess_t *s = gw_session_data(svc->gw, ids[i]);
         if (s == NULL)
             continue;
         if (e->joined)
@@ -784,24 +782,23 @@ static void on_delivery(void *arg, Im__V1__Delivery *d)
     gw_post(svc->gw, delivery_job, j);
 }
 
+static void resync_one(gw_t *gw, const gw_session_info_t *info, void *arg)
+{
+    gw_session_send(gw, info->id, arg);
+}
+
 /* After deliveries may have been lost, every client is told to sync. */
 static void resync_task(gw_t *gw, void *arg)
 {
     gw_service_t *svc = arg;
     static const char frame[] = "{\"type\":\"resync\"}";
     im_buf_t *b = im_buf_alloc_any(gw_pool(gw), sizeof(frame));
-    uint64_t key;
-    void *val;
 
     if (b == NULL)
         return;
     im_buf_append(b, frame, sizeof(frame) - 1);
     svc->resyncs++;
-    IM_MAP_FOREACH(&svc->sessions, key, val)
-    {
-        (void)val;
-        gw_session_send(gw, key, b);
-    }
+    gw_sessions_foreach(gw, resync_one, b);
     im_buf_unref(b);
 }
 
@@ -818,28 +815,28 @@ static void on_deliver_state(void *arg, bool up)
 
 /* The lease was gone (Redis lost it, and every route with it, or this
  * gateway was cut off longer than the TTL): register every session again. */
+static void reregister_one(gw_t *gw, const gw_session_info_t *info, void *arg)
+{
+    gw_service_t *svc = arg;
+    Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
+    char sid[24];
+
+    (void)gw;
+    session_request(svc, info->data, &req, sid, sizeof(sid));
+    gw__call(svc, gw__call_new(svc, GW_CALL_ONLINE, noop_done), &im__v1__session__descriptor, 0,
+             &req.base);
+    svc->reregistered++;
+}
+
 static void reregister_task(gw_t *gw, void *arg)
 {
     gw_service_t *svc = arg;
-    uint64_t key;
-    void *val;
-    size_t n = 0;
 
-    (void)gw;
-    IM_MAP_FOREACH(&svc->sessions, key, val)
-    {
-        gw_sess_t *s = val;
-        Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
-        char sid[24];
-
-        (void)key;
-        session_request(svc, s, &req, sid, sizeof(sid));
-        gw__call(svc, gw__call_new(svc, GW_CALL_ONLINE, noop_done), &im__v1__session__descriptor,
-                 0, &req.base);
-        n++;
-    }
-    if (n > 0)
-        im_log_warn("service: session lease was lost: registered %zu sessions again", n);
+    svc->reregistered = 0;
+    gw_sessions_foreach(gw, reregister_one, svc);
+    if (svc->reregistered > 0)
+        im_log_warn("service: session lease was lost: registered %zu sessions again",
+                    svc->reregistered);
 }
 
 static void *heartbeat_main(void *arg)
@@ -954,6 +951,7 @@ void gw_service_hooks(gw_service_t *svc, gw_hooks_t *out)
 {
     memset(out, 0, sizeof(*out));
     out->arg = svc;
+    out->session_data_size = sizeof(gw_sess_t);
     out->on_open = on_open;
     out->on_close = on_close;
     out->on_frame = gw__on_frame;
@@ -1030,17 +1028,11 @@ void gw_service_free(gw_service_t *svc)
     }
     im_free(svc->lanes);
     im_free(svc->client_down_until);
-    IM_MAP_FOREACH(&svc->sessions, key, val)
-    {
-        im_free(((gw_sess_t *)val)->groups);
-        im_free(val);
-    }
     IM_MAP_FOREACH(&svc->groups, key, val)
     {
         im_free(((gw_members_t *)val)->sessions);
         im_free(val);
     }
-    im_map_free(&svc->sessions);
     im_map_free(&svc->groups);
     gw_deliver_free(svc->deliver);
     pthread_mutex_destroy(&svc->hb_lock);

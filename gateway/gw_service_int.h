@@ -68,7 +68,7 @@ struct gw_service_s {
     atomic_bool stopping, logic_ok, deliver_was_up;
     pthread_mutex_t hb_lock;
     pthread_cond_t hb_cond;
-    im_map_t sessions; /* id -> gw_sess_t */
+    size_t reregistered; /* sessions registered again by the last reregister_task */
     im_map_t groups;   /* group id -> gw_members_t */
     /* Counters (loop thread). */
     uint64_t sends, acks, send_errors, delivered, deliveries, resyncs, send_batches;

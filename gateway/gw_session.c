@@ -41,11 +41,8 @@ void gw_sessions_destroy(gw_sessions_t *t)
     for (uint32_t i = 0; i < t->nslots; i++) {
         gw_session_t *s = t->slots[i].s;
 
-        if (s != NULL) {
-            gw_sendq_clear(s);
-            im_free(s->rx);
-            im_free(s);
-        }
+        if (s != NULL)
+            gw_session_free(s);
     }
     im_free(t->slots);
     im_free(t->users);
@@ -176,7 +173,7 @@ static uint32_t slot_take(gw_sessions_t *t)
 gw_session_t *gw_sessions_add(gw_sessions_t *t, uint64_t user_id)
 {
     uint32_t i = slot_take(t);
-    gw_session_t *s = im_calloc(1, sizeof(*s));
+    gw_session_t *s = im_calloc(1, sizeof(*s) + t->data_size);
 
     s->id = (uint64_t)t->slots[i].gen << 32 | i;
     s->user_id = user_id;
@@ -188,6 +185,20 @@ gw_session_t *gw_sessions_add(gw_sessions_t *t, uint64_t user_id)
 
 void gw_sessions_remove(gw_sessions_t *t, gw_session_t *s)
 {
+    gw_sessions_unlink(t, s);
+    gw_session_free(s);
+}
+
+void gw_session_free(gw_session_t *s)
+{
+    gw_sendq_clear(s);
+    im_free(s->rx);
+    im_free(s->close_reason);
+    im_free(s);
+}
+
+void gw_sessions_unlink(gw_sessions_t *t, gw_session_t *s)
+{
     gw_slot_t *slot = &t->slots[id_slot(s->id)];
 
     user_unlink(t, s);
@@ -198,9 +209,6 @@ void gw_sessions_remove(gw_sessions_t *t, gw_session_t *s)
     slot->next_free = t->free_head;
     t->free_head = id_slot(s->id);
     t->count--;
-    gw_sendq_clear(s);
-    im_free(s->rx);
-    im_free(s);
 }
 
 gw_session_t *gw_sessions_get(const gw_sessions_t *t, uint64_t id)

@@ -58,8 +58,7 @@ typedef struct gw_session_s gw_session_t;
 struct gw_session_s {
     uint64_t id;
     uint64_t user_id;
-    char name[IM_JWT_NAME_MAX + 1]; /* the token's name claim, "" if none */
-    void *conn;                     /* the io layer's connection; not used by the table */
+    void *conn; /* the io layer's connection; not used by the table */
     gw_session_t *user_next, *user_prev;
 
     /* Outbound ring: q[(q_head + i) % q_cap] for i < q_len, each one reference. */
@@ -67,19 +66,22 @@ struct gw_session_s {
     uint32_t q_head, q_len, q_cap;
 
     /* State the gateway keeps per connection (gw.c, gw_io.c, gw_frame.c). */
-    im_timer_t idle_timer; /* closes the connection when nothing arrives */
-    im_timer_t ping_timer; /* sends a WebSocket ping when the peer is quiet */
+    im_timer_t timer;      /* pings a quiet peer, closes a silent one (gw.c) */
+    uint64_t last_rx_ms;   /* when the peer last sent anything */
     gw_bucket_t bucket;    /* inbound message rate */
     char *rx;              /* reassembly of a fragmented message */
     size_t rx_len, rx_cap;
-    uint64_t opened_ms;
     uint16_t close_code;    /* what we send in our close frame */
     uint8_t close_kind;     /* gw_close_kind_t */
     uint8_t closing : 1;    /* a close is under way: send nothing more */
     uint8_t close_sent : 1; /* our close frame is out: waiting for the reply */
     uint8_t ping_due : 1;   /* the next writable callback sends a ping */
-    char close_reason[64];  /* UTF-8, at most 123 bytes fit a close frame */
+    char *close_reason;     /* UTF-8, at most GW_CLOSE_REASON_MAX bytes; NULL until a close */
+    /* The table's data_size bytes for its user (zeroed), in the same allocation. */
+    _Alignas(max_align_t) unsigned char data[];
 };
+
+#define GW_CLOSE_REASON_MAX 63 /* at most 123 bytes fit a close frame */
 
 typedef struct gw_slot_s {
     uint32_t gen; /* generation of the id the slot holds or will hold next */
@@ -100,9 +102,10 @@ typedef struct gw_sessions_s {
     gw_user_entry_t *users;
     size_t users_cap;   /* power of two (or 0) */
     size_t users_count; /* distinct users with at least one session */
+    size_t data_size;   /* bytes of each session's data[]; set before the first add */
 } gw_sessions_t;
 
-/* An empty table; allocates nothing until the first add. */
+/* An empty table (data_size 0); allocates nothing until the first add. */
 void gw_sessions_init(gw_sessions_t *t);
 
 /* Frees every remaining session (dropping their queued buffers and rx
@@ -116,8 +119,13 @@ gw_session_t *gw_sessions_add(gw_sessions_t *t, uint64_t user_id);
 
 /* Unlinks s, retires its id (the slot's generation changes), drops its queued
  * buffers and rx buffer, and frees it.  s must not be used afterwards.  The
- * caller cancels s's timers first. */
+ * caller cancels s's timers first.  gw_sessions_unlink + gw_session_free. */
 void gw_sessions_remove(gw_sessions_t *t, gw_session_t *s);
+
+/* The first half of gw_sessions_remove: s is no longer in the table (its id
+ * is retired) but still allocated, data and all, until gw_session_free. */
+void gw_sessions_unlink(gw_sessions_t *t, gw_session_t *s);
+void gw_session_free(gw_session_t *s);
 
 /* The live session with this id, or NULL (never existed, closed, reused). */
 gw_session_t *gw_sessions_get(const gw_sessions_t *t, uint64_t id);

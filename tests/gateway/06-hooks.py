@@ -30,6 +30,28 @@ async def test_frames_answered_from_another_thread(binary):
             eq((await recv_json(ws))["type"], "pong", "the gateway is fine")
 
 
+async def test_session_data_follows_each_session(binary):
+    # The hooks' per-session data (gw_hooks_t.session_data_size): zeroed at
+    # open, found by id in every frame hook, its own per session, gone after
+    # on_close (gw_testd counts any mismatch).
+    with Gateway(binary) as gw:
+        for round_ in range(3):  # slots and their data are reused
+            async with gw.connect(token(3)) as a, gw.connect(token(4)) as b:
+                for _ in range(5):
+                    await a.send('{"type":"ping"}')
+                    eq((await recv_json(a))["type"], "pong", "pong")
+                await a.send('{"type":"frames"}')
+                eq((await recv_json(a))["count"], 1, "ping is the gateway's own: one hook frame")
+                await a.send('{"type":"frames"}')
+                await b.send('{"type":"frames"}')
+                eq((await recv_json(a))["count"], 2, "a's count")
+                eq((await recv_json(b))["count"], 1, "b's own count")
+        await asyncio.sleep(0.2)
+        m = gw.metrics()
+        eq(m["gw_testd_closes_total"], 6, "every session closed")
+        eq(m["gw_testd_bad_session_data_total"], 0, "no mismatched session data")
+
+
 async def test_fanout_to_every_device(binary):
     with Gateway(binary) as gw:
         async with gw.connect(token(7)) as a, gw.connect(token(7)) as b, \
@@ -115,6 +137,7 @@ async def test_shutdown_with_work_in_flight(binary):
             eq(ws.close_code, 1001, "close code")
 
 
-main([test_frames_answered_from_another_thread, test_fanout_to_every_device,
+main([test_frames_answered_from_another_thread, test_session_data_follows_each_session,
+      test_fanout_to_every_device,
       test_slow_consumer_is_closed, test_kick, test_api_answered_asynchronously,
       test_health_hook, test_shutdown_with_work_in_flight])

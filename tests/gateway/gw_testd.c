@@ -142,15 +142,33 @@ static void submit(job_t *job)
 
 /* ---- hooks ---- */
 
+/* What the hooks keep per session, in the session's own data area. */
+typedef struct {
+    uint64_t id;     /* the session it belongs to */
+    uint64_t frames; /* frames the hook saw on it */
+} sess_data_t;
+
+static unsigned long bad_data; /* data missing, not zeroed, or another session's */
+
 static void on_open(gw_t *gw, const gw_session_info_t *s, void *arg)
 {
-    (void)gw, (void)s, (void)arg;
+    sess_data_t *d = s->data;
+
+    (void)gw, (void)arg;
     opens++;
+    if (d == NULL || d->id != 0 || d->frames != 0 || gw_session_data(gw, s->id) != d)
+        bad_data++;
+    else
+        d->id = s->id;
 }
 
 static void on_close(gw_t *gw, const gw_session_info_t *s, int code, void *arg)
 {
+    sess_data_t *d = s->data;
+
     (void)gw, (void)arg;
+    if (d == NULL || d->id != s->id || gw_session_data(gw, s->id) != NULL)
+        bad_data++;
     closes++;
     last_close_code = code;
     im_log_info("testd: closed session=%016llx user=%llu code=%d", (unsigned long long)s->id,
@@ -199,7 +217,22 @@ static im_err_t fanout(gw_t *gw, const gw_frame_t *f)
 
 static im_err_t on_frame(gw_t *gw, const gw_frame_t *f, void *arg)
 {
+    sess_data_t *d = gw_session_data(gw, f->session_id);
+
     (void)arg;
+    if (d == NULL || d->id != f->session_id)
+        bad_data++;
+    else
+        d->frames++;
+    if (strcmp(f->type, "frames") == 0) {
+        im_buf_t *b = encode(gw, "frames", NULL, d ? (int)d->frames : -1);
+
+        if (b == NULL)
+            return IM_EFULL;
+        gw_session_send(gw, f->session_id, b);
+        im_buf_unref(b);
+        return IM_OK;
+    }
     if (strcmp(f->type, "echo") == 0) {
         job_t *job = im_calloc(1, sizeof(*job));
 
@@ -284,13 +317,22 @@ static void on_metrics(gw_t *gw, gw_sb_t *out, void *arg)
     (void)gw, (void)arg;
     gw_sb_printf(out, "# TYPE gw_testd_opens_total counter\ngw_testd_opens_total %lu\n", opens);
     gw_sb_printf(out, "# TYPE gw_testd_closes_total counter\ngw_testd_closes_total %lu\n", closes);
+    gw_sb_printf(out, "# TYPE gw_testd_bad_session_data_total counter\n"
+                      "gw_testd_bad_session_data_total %lu\n",
+                 bad_data);
     gw_sb_printf(out, "# TYPE gw_testd_last_close_code gauge\ngw_testd_last_close_code %d\n",
                  last_close_code);
 }
 
 int main(int argc, char **argv)
 {
-    gw_hooks_t hooks = {NULL, on_open, on_close, on_frame, on_http, on_health, on_metrics};
+    gw_hooks_t hooks = {.on_open = on_open,
+                        .on_close = on_close,
+                        .on_frame = on_frame,
+                        .on_http = on_http,
+                        .on_health = on_health,
+                        .on_metrics = on_metrics,
+                        .session_data_size = sizeof(sess_data_t)};
     struct sigaction sa;
     gw_config_t cfg;
     pthread_t th;
