@@ -46,6 +46,9 @@ static const im_cfg_opt_t opts[] = {
     OPT("static-dir", IM_CFG_STR, static_dir, GW_WEB_DIR, 0, 0,
         "directory of web client files served at / (\"\": none)"),
     OPT("log-level", IM_CFG_STR, log_level, "info", 0, 0, "error, warn, info, debug or trace"),
+    OPT("workers", IM_CFG_INT, workers, "1", 1, 256,
+        "worker processes sharing the listen port (SO_REUSEPORT), each a gateway with its own "
+        "id (<gateway-id>-w<n>) and file limit; a master restarts any that dies"),
     OPT("logic", IM_CFG_STR, logic, "127.0.0.1:9000", 0, 0,
         "logic's gRPC address(es), comma-separated, called round-robin (\"\": no upstream, "
         "the bare WebSocket core for tests)"),

@@ -31,6 +31,7 @@ typedef struct {
     int64_t shutdown_timeout_ms; /* how long SIGTERM waits for clients to close */
     const char *static_dir;      /* web client files served at /; "" = none */
     const char *log_level;
+    int64_t workers;             /* processes sharing the port (SO_REUSEPORT); main.c */
     /* Upstream (gw_service.h); logic "" = none: the bare WebSocket core. */
     const char *logic;          /* host:port[,host:port...] of logic's gRPC API */
     const char *amqp_host;

@@ -27,6 +27,7 @@
  *   - A POST with Content-Length: 0 still gets an HTTP_BODY callback, with
  *     no data, after the request was dispatched.
  */
+#define _GNU_SOURCE /* accept4 */
 #include "gw_int.h"
 
 #include <ev.h>
@@ -38,6 +39,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,6 +89,11 @@ typedef struct gw_io_s {
     struct lws_context *ctx;
     struct lws_protocols protocols[2];
     lws_sorted_usec_list_t tick;
+    /* --workers: our own listening socket (SO_REUSEPORT, shared with the
+     * other workers), accepted here and handed to lws; -1 otherwise. */
+    int lfd;
+    ev_io accept_w;
+    bool accept_paused; /* out of file descriptors: resumed by the tick */
     /* gw__io_wake runs on other threads: it may only touch the context
      * under this lock, and the context is unpublished before destruction. */
     pthread_mutex_t wake_lock;
@@ -664,6 +674,10 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
 {
     gw_io_t *io = lws_container_of(sul, gw_io_t, tick);
 
+    if (io->accept_paused && !io->gw->stopping) {
+        io->accept_paused = false;
+        ev_io_start(io->loop, &io->accept_w);
+    }
     gw__tick(io->gw);
     lws_sul_schedule(io->ctx, 0, &io->tick, tick_cb, GW_TICK_MS * LWS_US_PER_MS);
 }
@@ -681,7 +695,9 @@ static void fill_info(gw_t *gw, gw_io_t *io, struct lws_context_creation_info *i
     int any = strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0 || strcmp(h, "*") == 0;
 
     memset(info, 0, sizeof(*info));
-    info->port = gw->listen_port;
+    /* With workers, the vhost listens on nothing: sockets come from
+     * accept_cb through lws_adopt_socket_vhost(). */
+    info->port = io->lfd >= 0 ? CONTEXT_PORT_NO_LISTEN_SERVER : gw->listen_port;
     info->iface = any ? NULL : h;
     /* An IPv4 address (or 0.0.0.0) needs an IPv4 socket; "::" is dual-stack. */
     if (strchr(h, ':') == NULL)
@@ -720,12 +736,73 @@ static int address_is_local(const char *host)
     return ok;
 }
 
+/* --workers: every worker binds its own socket to the same address with
+ * SO_REUSEPORT, and the kernel spreads new connections over them.  lws 4.1
+ * sets SO_REUSEPORT only for its own service threads, so the workers listen
+ * here and give each accepted socket to lws. */
+static int listen_shared(const char *host, int port, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_PASSIVE};
+    struct addrinfo *ai;
+    char service[16];
+    int fd = -1, one = 1, zero = 0;
+
+    snprintf(service, sizeof(service), "%d", port);
+    if (getaddrinfo(strcmp(host, "*") == 0 ? "0.0.0.0" : host, service, &hints, &ai) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: not a numeric address", host, port);
+        return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && ai->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* New connections on our own listening socket (--workers), handed to lws.
+ * Out of file descriptors, this worker stops accepting until the next tick:
+ * the connection waits in the backlog, or goes to another worker. */
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    gw_io_t *io = lws_container_of(w, gw_io_t, accept_w);
+    struct lws_vhost *vh = lws_get_vhost_by_name(io->ctx, io->gw->gateway_id);
+    int one = 1;
+
+    (void)revents;
+    for (int i = 0; i < 64; i++) {
+        int fd = accept4(io->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                im_log_warn("gateway: out of file descriptors (%zu sessions): not accepting "
+                            "for a moment",
+                            gw_session_count(io->gw));
+                ev_io_stop(loop, w);
+                io->accept_paused = true;
+            }
+            return;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (vh == NULL || lws_adopt_socket_vhost(vh, fd) == NULL)
+            close(fd); /* lws closes it itself on most failures; never twice */
+    }
+}
+
 im_err_t gw__io_start(gw_t *gw, char *err, size_t errlen)
 {
     struct lws_context_creation_info info;
     gw_io_t *io = im_calloc(1, sizeof(*io));
 
     io->gw = gw;
+    io->lfd = -1;
     pthread_mutex_init(&io->wake_lock, NULL);
     io->protocols[0] = (struct lws_protocols){
         .name = "im.v1",
@@ -745,6 +822,9 @@ im_err_t gw__io_start(gw_t *gw, char *err, size_t errlen)
         snprintf(err, errlen, "cannot make the event loop (epoll)");
         return IM_EIO;
     }
+    if (gw->cfg.workers > 1 &&
+        (io->lfd = listen_shared(gw->listen_host, gw->listen_port, err, errlen)) < 0)
+        return IM_EIO;
     fill_info(gw, io, &info);
     io->ctx = lws_create_context(&info);
     if (io->ctx == NULL) {
@@ -754,7 +834,13 @@ im_err_t gw__io_start(gw_t *gw, char *err, size_t errlen)
                  gw->listen_host, gw->listen_port);
         return IM_EIO;
     }
-    gw->port = lws_get_vhost_listen_port(lws_get_vhost_by_name(io->ctx, gw->gateway_id));
+    if (io->lfd >= 0) {
+        gw->port = gw->listen_port;
+        ev_io_init(&io->accept_w, accept_cb, io->lfd, EV_READ);
+        ev_io_start(io->loop, &io->accept_w);
+    } else {
+        gw->port = lws_get_vhost_listen_port(lws_get_vhost_by_name(io->ctx, gw->gateway_id));
+    }
     pthread_mutex_lock(&io->wake_lock);
     io->wake_ctx = io->ctx;
     pthread_mutex_unlock(&io->wake_lock);
@@ -764,6 +850,11 @@ im_err_t gw__io_start(gw_t *gw, char *err, size_t errlen)
 
 static void destroy_context(gw_io_t *io)
 {
+    if (io->lfd >= 0) {
+        ev_io_stop(io->loop, &io->accept_w);
+        close(io->lfd);
+        io->lfd = -1;
+    }
     if (io->ctx == NULL)
         return;
     pthread_mutex_lock(&io->wake_lock);

@@ -5,11 +5,26 @@
  *
  * Prints "gateway: listening on HOST:PORT" once bound; with --listen HOST:0
  * the PORT is the one the kernel picked (tests parse this line).
+ *
+ * --workers N (N > 1): this process becomes a master that forks N gateways
+ * sharing the listen port through SO_REUSEPORT, as nginx's worker processes
+ * do.  Each is a whole gateway (its own id <gateway-id>-w<n>, AMQP queue,
+ * logic channel and file limit: one process can hold no more connections
+ * than it may open files).  The master restarts a worker that dies, forwards
+ * SIGINT/SIGTERM to all of them and exits 0 when all stopped cleanly.
  */
+#include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "gw.h"
 #include "gw_service.h"
@@ -91,27 +106,24 @@ static gw_service_t *upstream(const gw_config_t *cfg, gw_hooks_t *hooks)
     return svc;
 }
 
-int main(int argc, char **argv)
+/* One gateway in this process until SIGINT/SIGTERM.  Returns the exit code. */
+static int serve(gw_config_t *cfg)
 {
     struct sigaction sa;
-    gw_config_t cfg;
     gw_hooks_t hooks;
     gw_service_t *svc;
     char err[256];
     gw_t *gw;
-    int rc = setup(argc, argv, &cfg);
+    int rc;
 
-    if (rc >= 0)
-        return rc;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit();
 
-    svc = upstream(&cfg, &hooks);
-    gw = gw_new(&cfg, svc ? &hooks : NULL, NULL, err, sizeof(err));
+    svc = upstream(cfg, &hooks);
+    gw = gw_new(cfg, svc ? &hooks : NULL, NULL, err, sizeof(err));
     if (gw == NULL) {
         im_log_error("gateway: %s", err);
         gw_service_free(svc);
@@ -128,8 +140,8 @@ int main(int argc, char **argv)
         gw_request_stop(gw);
     /* gw_new checked that listen is host:port. */
     im_log_info("gateway: listening on %.*s:%d (gateway %s, instance %s)",
-                (int)(strrchr(cfg.listen, ':') - cfg.listen), cfg.listen, gw_port(gw), gw_id(gw),
-                gw_instance_id(gw));
+                (int)(strrchr(cfg->listen, ':') - cfg->listen), cfg->listen, gw_port(gw),
+                gw_id(gw), gw_instance_id(gw));
     rc = gw_run(gw) == IM_OK ? 0 : 1;
     running = NULL;
     if (svc != NULL)
@@ -138,4 +150,129 @@ int main(int argc, char **argv)
     gw_service_free(svc);
     im_log_info("gateway: stopped");
     return rc;
+}
+
+/* ---- --workers N: a master process and N gateways sharing the port ---- */
+
+#define WORKERS_MAX 256
+#define RESTART_DELAY_MS 1000
+
+typedef struct {
+    pid_t pid;           /* 0: not running */
+    uint64_t start_ms;   /* when it may be (re)started */
+    char id[64];         /* its gateway id, "" for the default hostname-pid */
+} worker_t;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Forks worker n.  The child runs a gateway and never returns. */
+static void spawn(worker_t *w, int n, gw_config_t *cfg, const sigset_t *old_mask)
+{
+    pid_t pid = fork();
+
+    if (pid < 0) {
+        im_log_error("gateway: fork of worker %d: %s", n, strerror(errno));
+        w->start_ms = now_ms() + RESTART_DELAY_MS;
+        return;
+    }
+    if (pid == 0) {
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        sigprocmask(SIG_SETMASK, old_mask, NULL);
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a master killed with -9 takes its workers */
+        if (getppid() == 1)
+            _exit(1);
+        if (w->id[0] != '\0')
+            cfg->gateway_id = w->id;
+        exit(serve(cfg));
+    }
+    w->pid = pid;
+    im_log_info("gateway: worker %d started (pid %ld)", n, (long)pid);
+}
+
+/* Starts cfg->workers gateways, restarts any that exits while running, and
+ * on SIGINT/SIGTERM stops them all.  0 when every worker stopped cleanly. */
+static int master(gw_config_t *cfg)
+{
+    static worker_t w[WORKERS_MAX];
+    int n = (int)cfg->workers, rc = 0, live = 0;
+    const char *colon = strrchr(cfg->listen, ':');
+    bool stopping = false;
+    sigset_t set, old;
+
+    if (colon == NULL || atoi(colon + 1) == 0) {
+        fprintf(stderr, "gateway: --workers needs a fixed port in --listen (not %s)\n",
+                cfg->listen);
+        return 2;
+    }
+    for (int i = 0; i < n; i++)
+        if (cfg->gateway_id != NULL && *cfg->gateway_id != '\0')
+            snprintf(w[i].id, sizeof(w[i].id), "%.40s-w%d", cfg->gateway_id, i);
+    /* Signals are taken synchronously (sigtimedwait) so none is missed
+     * between checks; the workers get the old mask back. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    im_log_info("gateway: master (pid %ld) of %d workers on %s", (long)getpid(), n, cfg->listen);
+    for (;;) {
+        struct timespec ts = {0, 200 * 1000000L};
+        int sig = sigtimedwait(&set, NULL, &ts), status;
+        pid_t pid;
+
+        if ((sig == SIGINT || sig == SIGTERM) && !stopping) {
+            stopping = true;
+            im_log_info("gateway: stopping %d workers", live);
+            for (int i = 0; i < n; i++)
+                if (w[i].pid > 0)
+                    kill(w[i].pid, SIGTERM);
+        }
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+            for (int i = 0; i < n; i++) {
+                if (w[i].pid != pid)
+                    continue;
+                w[i].pid = 0;
+                live--;
+                if (stopping && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
+                    rc = 1; /* a worker that did not stop cleanly */
+                if (!stopping) {
+                    im_log_warn("gateway: worker %d (pid %ld) %s %d; restarting it", i,
+                                (long)pid, WIFEXITED(status) ? "exited" : "killed by signal",
+                                WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+                    w[i].start_ms = now_ms() + RESTART_DELAY_MS;
+                }
+            }
+        if (stopping) {
+            if (live == 0)
+                break;
+            continue;
+        }
+        for (int i = 0; i < n; i++)
+            if (w[i].pid == 0 && now_ms() >= w[i].start_ms) {
+                spawn(&w[i], i, cfg, &old);
+                live += w[i].pid > 0;
+            }
+    }
+    im_log_info("gateway: master stopped");
+    return stopping ? rc : 1;
+}
+
+int main(int argc, char **argv)
+{
+    gw_config_t cfg;
+    int rc = setup(argc, argv, &cfg);
+
+    if (rc >= 0)
+        return rc;
+    raise_fd_limit();
+    if (cfg.workers > 1)
+        return master(&cfg);
+    return serve(&cfg);
 }
