@@ -1,7 +1,9 @@
 #include "lg_notify.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "im_alloc.h"
@@ -11,31 +13,37 @@
 #include "lg_sync.h"
 #include "lg_target.h"
 
+/* Presence is looked up for up to 64 users per query (a Session.Connect
+ * batch), prepared for these numbers of users; unused places repeat the
+ * first user. */
+#define SIZES 3
+static const size_t sizes[SIZES] = {1, 8, 64};
+
 struct lg_notify_s {
     im_mysql_t *db;
     lg_message_shared_t *sh;
     lg_target_t target;
-    im_mysql_stmt_t *peers;
-    im_mysql_stmt_t *groups;
+    im_mysql_stmt_t *peers[SIZES];  /* prepared on first use */
+    im_mysql_stmt_t *groups[SIZES]; /* prepared on first use */
 };
 
-static const struct {
-    size_t offset;
-    const char *sql;
-} statements[] = {
-    {offsetof(lg_notify_t, peers),
-     "SELECT conv_id FROM user_convs WHERE user_id = ? ORDER BY created_at_ms DESC LIMIT 200"},
-    {offsetof(lg_notify_t, groups),
-     "SELECT gm.group_id FROM group_members gm WHERE gm.user_id = ? "
-     "AND (SELECT COUNT(*) FROM group_members m WHERE m.group_id = gm.group_id) <= 100 "
-     "ORDER BY gm.joined_at_ms DESC LIMIT 200"},
-};
-#define N_STATEMENTS (sizeof(statements) / sizeof(statements[0]))
-
-static im_mysql_stmt_t **stmt_at(lg_notify_t *n, size_t i)
-{
-    return (im_mysql_stmt_t **)(void *)((char *)n + statements[i].offset);
-}
+/* Each user's LG_PRESENCE_PEERS_MAX most recent conversations, and its
+ * LG_PRESENCE_GROUPS_MAX most recently joined groups of at most
+ * LG_PRESENCE_GROUP_MEMBERS_MAX members: (user, conv) and (user, group) rows. */
+static const char peers_head[] =
+    "SELECT user_id, conv_id FROM (SELECT user_id, conv_id, ROW_NUMBER() OVER "
+    "(PARTITION BY user_id ORDER BY created_at_ms DESC) AS rn FROM user_convs WHERE user_id IN (";
+static const char peers_tail[] = ")) t WHERE rn <= 200";
+static const char groups_head[] =
+    "SELECT user_id, group_id FROM (SELECT gm.user_id, gm.group_id, ROW_NUMBER() OVER "
+    "(PARTITION BY gm.user_id ORDER BY gm.joined_at_ms DESC) AS rn FROM group_members gm "
+    "WHERE gm.user_id IN (";
+static const char groups_tail[] =
+    ") AND (SELECT COUNT(*) FROM group_members m WHERE m.group_id = gm.group_id) <= 100) t "
+    "WHERE rn <= 200";
+_Static_assert(LG_PRESENCE_PEERS_MAX == 200 && LG_PRESENCE_GROUPS_MAX == 200 &&
+                   LG_PRESENCE_GROUP_MEMBERS_MAX == 100,
+               "the limits are in the SQL above");
 
 im_err_t lg_notify_new(im_mysql_t *db, lg_message_shared_t *sh, lg_notify_t **out)
 {
@@ -43,14 +51,6 @@ im_err_t lg_notify_new(im_mysql_t *db, lg_message_shared_t *sh, lg_notify_t **ou
 
     n->db = db;
     n->sh = sh;
-    for (size_t i = 0; i < N_STATEMENTS; i++) {
-        im_err_t rc = im_mysql_prepare(db, statements[i].sql, stmt_at(n, i));
-
-        if (rc != IM_OK) {
-            lg_notify_free(n);
-            return rc;
-        }
-    }
     if (lg_target_init(&n->target, db) != IM_OK) {
         lg_notify_free(n);
         return IM_EIO;
@@ -63,8 +63,10 @@ void lg_notify_free(lg_notify_t *n)
 {
     if (n == NULL)
         return;
-    for (size_t i = 0; i < N_STATEMENTS; i++)
-        im_mysql_stmt_free(*stmt_at(n, i));
+    for (size_t k = 0; k < SIZES; k++) {
+        im_mysql_stmt_free(n->peers[k]);
+        im_mysql_stmt_free(n->groups[k]);
+    }
     lg_target_free(&n->target);
     im_free(n);
 }
@@ -144,59 +146,123 @@ im_rpc_code_t lg_notify_typing(lg_notify_t *n, lg_session_t *sessions,
     return IM_RPC_OK;
 }
 
-/* Runs st (bound to user) and collects column 0 as ids via pick. */
-static size_t collect(im_mysql_stmt_t *st, uint64_t user, uint64_t *out, size_t max,
-                      uint64_t (*pick)(im_mysql_stmt_t *st, uint64_t user))
+/* One (user, id) row of a presence lookup. */
+typedef struct {
+    uint64_t user, id;
+} pair_t;
+
+static int pair_cmp(const void *a, const void *b)
 {
-    size_t n = 0;
+    const pair_t *x = a, *y = b;
+
+    return x->user < y->user ? -1 : x->user > y->user;
+}
+
+/* The first of rows[0..n) (sorted by user) whose user is not below user. */
+static size_t first_of(const pair_t *rows, size_t n, uint64_t user)
+{
+    size_t lo = 0, hi = n;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (rows[mid].user < user)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Runs the peers or groups lookup for users[0..n) (n <= 64), appending
+ * (user, peer or group) pairs to *out.  False on a database error (logged). */
+static bool lookup(lg_notify_t *n, bool peers, const uint64_t *users, size_t count, pair_t **out,
+                   size_t *n_out, size_t *cap)
+{
+    size_t k = 0;
+    im_mysql_stmt_t **slot, *st;
     im_err_t rc;
 
-    im_mysql_bind_u64(st, 0, user);
+    while (sizes[k] < count)
+        k++;
+    slot = peers ? &n->peers[k] : &n->groups[k];
+    if (im_mysql_prepare_rows(n->db, slot, peers ? peers_head : groups_head, "?", sizes[k],
+                              peers ? peers_tail : groups_tail) != IM_OK)
+        return false;
+    st = *slot;
+    for (size_t i = 0; i < sizes[k]; i++)
+        im_mysql_bind_u64(st, (unsigned)i, users[i < count ? i : 0]);
     rc = im_mysql_stmt_exec(st);
-    while (rc == IM_OK && n < max && (rc = im_mysql_stmt_next(st)) == IM_OK) {
-        uint64_t id = pick(st, user);
-        if (id != 0)
-            out[n++] = id;
+    while (rc == IM_OK && (rc = im_mysql_stmt_next(st)) == IM_OK) {
+        uint64_t user = im_mysql_col_u64(st, 0), id, a, b, group;
+
+        if (peers) {
+            if (!lg_conv_parse(im_mysql_col_str(st, 1, NULL), &a, &b, &group) || group != 0)
+                continue;
+            id = a == user ? b : a;
+        } else {
+            id = im_mysql_col_u64(st, 1);
+        }
+        if (*n_out == *cap) {
+            *cap = *cap ? 2 * *cap : 64;
+            *out = im_realloc(*out, *cap * sizeof(**out));
+        }
+        (*out)[(*n_out)++] = (pair_t){user, id};
     }
-    if (rc != IM_OK && rc != IM_ENOENT)
+    if (rc != IM_ENOENT) {
         im_log_warn("notify: presence lookup: %s", im_strerror(rc));
-    return n;
+        return false;
+    }
+    return true;
 }
 
-static uint64_t pick_peer(im_mysql_stmt_t *st, uint64_t user)
+void lg_notify_presence_many(lg_notify_t *n, lg_session_t *sessions, const uint64_t *users,
+                             size_t count, bool online)
 {
-    uint64_t a, b, group;
+    Im__V1__Delivery d = IM__V1__DELIVERY__INIT;
+    Im__V1__Presence p = IM__V1__PRESENCE__INIT;
+    pair_t *peers = NULL, *groups = NULL;
+    size_t n_peers = 0, n_groups = 0, cap_peers = 0, cap_groups = 0, max = sizes[SIZES - 1];
+    uint64_t *ids = NULL;
+    size_t cap_ids = 0;
 
-    if (!lg_conv_parse(im_mysql_col_str(st, 0, NULL), &a, &b, &group) || group != 0)
-        return 0;
-    return a == user ? b : a;
-}
+    for (size_t i = 0; i < count; i += max) {
+        size_t chunk = count - i < max ? count - i : max;
 
-static uint64_t pick_group(im_mysql_stmt_t *st, uint64_t user)
-{
-    (void)user;
-    return im_mysql_col_u64(st, 0);
+        lookup(n, true, users + i, chunk, &peers, &n_peers, &cap_peers);
+        lookup(n, false, users + i, chunk, &groups, &n_groups, &cap_groups);
+    }
+    qsort(peers, n_peers, sizeof(*peers), pair_cmp);
+    qsort(groups, n_groups, sizeof(*groups), pair_cmp);
+    p.online = online;
+    p.at_ms = (int64_t)im_wall_ms();
+    d.presence = &p;
+    for (size_t i = 0; i < count; i++) {
+        size_t k = 0, a = first_of(peers, n_peers, users[i]), g = first_of(groups, n_groups, users[i]);
+
+        p.user_id = users[i];
+        for (size_t j = a; j < n_peers && peers[j].user == users[i]; j++) {
+            if (k == cap_ids) {
+                cap_ids = cap_ids ? 2 * cap_ids : 64;
+                ids = im_realloc(ids, cap_ids * sizeof(*ids));
+            }
+            ids[k++] = peers[j].id;
+        }
+        to_users(n->sh, sessions, ids, k, &d);
+        for (size_t j = g; j < n_groups && groups[j].user == users[i]; j++) {
+            d.group_id = groups[j].id;
+            to_group(n->sh, groups[j].id, &d);
+        }
+        d.group_id = 0;
+    }
+    im_free(ids);
+    im_free(groups);
+    im_free(peers);
 }
 
 void lg_notify_presence(lg_notify_t *n, lg_session_t *sessions, uint64_t user, bool online)
 {
-    Im__V1__Delivery d = IM__V1__DELIVERY__INIT;
-    Im__V1__Presence p = IM__V1__PRESENCE__INIT;
-    uint64_t ids[LG_PRESENCE_PEERS_MAX > LG_PRESENCE_GROUPS_MAX ? LG_PRESENCE_PEERS_MAX
-                                                                : LG_PRESENCE_GROUPS_MAX];
-    size_t k;
-
-    p.user_id = user;
-    p.online = online;
-    p.at_ms = (int64_t)im_wall_ms();
-    d.presence = &p;
-    k = collect(n->peers, user, ids, LG_PRESENCE_PEERS_MAX, pick_peer);
-    to_users(n->sh, sessions, ids, k, &d);
-    k = collect(n->groups, user, ids, LG_PRESENCE_GROUPS_MAX, pick_group);
-    for (size_t i = 0; i < k; i++) {
-        d.group_id = ids[i];
-        to_group(n->sh, ids[i], &d);
-    }
+    lg_notify_presence_many(n, sessions, &user, 1, online);
 }
 
 void lg_notify_group_event(lg_message_shared_t *sh, lg_session_t *sessions, uint64_t group,

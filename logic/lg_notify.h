@@ -53,6 +53,11 @@ im_rpc_code_t lg_notify_typing(lg_notify_t *n, lg_session_t *sessions,
  * Errors are logged, not returned. */
 void lg_notify_presence(lg_notify_t *n, lg_session_t *sessions, uint64_t user, bool online);
 
+/* The same for users[0..count) (a Session.Connect / Disconnect batch): two
+ * queries per 64 users rather than two per user. */
+void lg_notify_presence_many(lg_notify_t *n, lg_session_t *sessions, const uint64_t *users,
+                             size_t count, bool online);
+
 /* Tells the gateways holding user's sessions that it joined or left group.
  * Needs no database (n may be NULL: only sh is used). */
 void lg_notify_group_event(lg_message_shared_t *sh, lg_session_t *sessions, uint64_t group,

@@ -524,8 +524,8 @@ static void session_batch(im_rpc_call_t *call, lg_rpc_t *r, bool online)
     resp.results = ptrs;
     resp.n_results = n;
     im_rpc_reply(call, &resp.base);
-    for (size_t i = 0; i < n_notify && db_ok; i++)
-        lg_notify_presence(s->notify, s->routes, notify[i], online);
+    if (n_notify > 0 && db_ok)
+        lg_notify_presence_many(s->notify, s->routes, notify, n_notify, online);
     session_give(r, s);
     for (size_t i = 0; i < n; i++) { /* ours, unless still the init's defaults */
         if (res[i].code != IM_RPC_OK)

@@ -489,6 +489,71 @@ static void check_presence(const Im__V1__Delivery *d, const char *rkey, uint64_t
     ASSERT_U64_EQ(d->user_ids[0], peer);
 }
 
+/* (d2) Presence of several users connecting in one batch (looked up for the
+ * whole batch at once): each peer hears exactly its own peer, once. */
+TEST(presence_of_a_batch_reaches_each_users_own_peers)
+{
+    uint64_t a1 = it_new_user(&lg, "pres"), a2 = it_new_user(&lg, "pres"),
+             p1 = it_new_user(&lg, "pres"), p2 = it_new_user(&lg, "pres"),
+             lone = it_new_user(&lg, "pres");
+    uint64_t peers[2] = {p1, p2};
+    const char *sids[2] = {"p1-1", "p2-1"};
+    sbatch_t *b = sbatch_new(3);
+    Im__V1__SessionBatchResponse *r;
+    ProtobufCMessage *resp = NULL;
+    Im__V1__Delivery *d;
+    char rkey[256], msg[256];
+    bool heard[2] = {false, false};
+
+    chat(a1, p1);
+    chat(a2, p2);
+    for (int i = 0; i < 2; i++) {
+        Im__V1__SessionRequest one = IM__V1__SESSION_REQUEST__INIT;
+
+        one.user_id = peers[i];
+        one.gateway_id = fan.gw_a;
+        one.session_id = (char *)sids[i];
+        ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, ONLINE, &one.base, &resp, msg,
+                                sizeof(msg)),
+                  IM_RPC_OK);
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    it_drain_deliveries(&fan, 300);
+    sbatch_add(b, a1, fan.gw_b, "a1-1");
+    sbatch_add(b, lone, fan.gw_b, "lone-1");
+    sbatch_add(b, a2, fan.gw_b, "a2-1");
+    r = sbatch_ok(CONNECT, b);
+    for (size_t i = 0; i < 3; i++)
+        accepted(CONNECT, r, i, 1);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    while ((d = it_next_of_kind(&fan, 1500, 'p', rkey, sizeof(rkey))) != NULL) {
+        int k = d->presence->user_id == a1 ? 0 : d->presence->user_id == a2 ? 1 : -1;
+
+        if (k < 0 || heard[k])
+            IM__FAIL("unexpected presence of %" PRIu64 " (heard: %d %d)",
+                     d->presence->user_id, heard[0], heard[1]);
+        check_presence(d, rkey, k == 0 ? a1 : a2, peers[k], true);
+        heard[k] = true;
+        protobuf_c_message_free_unpacked(&d->base, NULL);
+    }
+    ASSERT_TRUE(heard[0] && heard[1]);
+    r = sbatch_ok(DISCONNECT, b);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    for (int i = 0; i < 2; i++) {
+        Im__V1__SessionRequest one = IM__V1__SESSION_REQUEST__INIT;
+
+        one.user_id = peers[i];
+        one.gateway_id = fan.gw_a;
+        one.session_id = (char *)sids[i];
+        ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, OFFLINE, &one.base, &resp,
+                                msg, sizeof(msg)),
+                  IM_RPC_OK);
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    it_drain_deliveries(&fan, 300);
+    sbatch_free(b);
+}
+
 /* (d) A peer of a connecting user (they have a direct chat; the peer is
  * online on gateway A) hears once that it came online, for its first
  * session of the batch, and once that it went offline, for its last;
@@ -775,6 +840,7 @@ int main(int argc, char **argv)
     RUN(connect_answers_each_session_as_online_would_with_its_groups);
     RUN(disconnect_takes_each_session_offline_last_for_the_last);
     RUN(presence_reaches_a_peer_after_connect_and_after_disconnect);
+    RUN(presence_of_a_batch_reaches_each_users_own_peers);
     RUN(batch_size_limit);
     RUN(connect_with_the_database_down_still_routes_and_says_so);
     if (!it_logic_stop_checked(&lg))
