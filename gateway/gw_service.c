@@ -473,14 +473,17 @@ static void connect_done(gw_service_t *svc, gw_call_t *bc)
             gw__group_add(svc, s, res->group_ids[g]);
         gw_deliver_barrier(svc->deliver, bound_cb, barrier_new(svc, id));
     }
+    svc->session_calls[1]--;
+    flush_sessions(svc, true); /* what waited for this call */
 }
 
 static void disconnect_done(gw_service_t *svc, gw_call_t *bc)
 {
-    (void)svc;
     if (bc->code != IM_RPC_OK)
         im_log_debug("service: Session.Disconnect of %zu sessions: %s", bc->n_pairs,
                      bc->message);
+    svc->session_calls[0]--;
+    flush_sessions(svc, false); /* what waited for this call */
 }
 
 static void flush_sessions(gw_service_t *svc, bool connect)
@@ -492,8 +495,11 @@ static void flush_sessions(gw_service_t *svc, bool connect)
     char (*sids)[24];
     gw_call_t *bc;
 
-    if (*n == 0)
+    if (*n == 0 ||
+        (svc->session_calls[connect] >= GW_SESSION_CALLS_MAX && *n < GW_SESSION_BATCH_MAX &&
+         !svc->drain))
         return;
+    svc->session_calls[connect]++;
     bc = gw__call_new(svc, connect ? GW_CALL_ONLINE : GW_CALL_OFFLINE,
                       connect ? connect_done : disconnect_done);
     bc->pairs = *list;
@@ -997,7 +1003,8 @@ void gw_service_stop(gw_service_t *svc)
     svc->deliver = NULL;
     /* The loop has stopped (this is its thread or it is gone): the batches
      * its last turn collected, the Disconnects of the sessions closed at
-     * shutdown above all, go out now. */
+     * shutdown above all, go out now, however many calls are in flight. */
+    svc->drain = true;
     flush_all(svc);
     /* Offline calls of the sessions closed at shutdown: give them a second. */
     for (int i = 0; i < 100 && atomic_load(&svc->outstanding) > 0; i++) {

@@ -27,6 +27,7 @@
 #define GW_CLIENT_DOWN_MS 1000 /* a client that failed a SendBatch is skipped this long */
 #define GW_METHOD_SEND_BATCH 6 /* Message.SendBatch's index in im.proto */
 #define GW_SESSION_BATCH_MAX 256 /* sessions per Session.Connect / Disconnect call */
+#define GW_SESSION_CALLS_MAX 2   /* of each kind in flight; the rest wait and batch up */
 #define GW_METHOD_CONNECT 3      /* Session.Connect's index in im.proto */
 #define GW_METHOD_DISCONNECT 4   /* Session.Disconnect's index */
 
@@ -83,6 +84,12 @@ struct gw_service_s {
     uint64_t *connects, *disconnects;
     size_t n_connects, n_disconnects;
     bool flush_posted;
+    /* Session.Connect / Disconnect calls in flight ([1] connect, [0]
+     * disconnect).  At GW_SESSION_CALLS_MAX, new sessions wait for one to
+     * come back, so a storm makes bigger batches instead of more calls;
+     * drain (at stop) sends regardless. */
+    unsigned session_calls[2];
+    bool drain;
     im_hist_t ack_latency; /* send frame in -> ack frame out */
 };
 
