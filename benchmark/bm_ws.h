@@ -130,7 +130,7 @@ typedef struct bm_kinds_s {
     uint64_t other; /* kinds beyond BM_KINDS_MAX */
 } bm_kinds_t;
 
-#define BM_WATCH_MAX 16
+#define BM_WATCH_MAX 96 /* a gateway with --workers counts each worker */
 typedef struct bm_watch_s {
     char name[32];
     pid_t pid;

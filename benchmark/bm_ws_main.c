@@ -237,6 +237,30 @@ static void watch_list(const char *list, int gateway)
     im_free(copy);
 }
 
+/* A gateway running --workers: its workers hold the connections. */
+static void watch_workers(void)
+{
+    size_t n = B.nwatch;
+
+    for (size_t i = 0; i < n; i++) {
+        char path[64], name[32];
+        FILE *f;
+        int pid, k = 0;
+
+        if (!B.watch[i].gateway)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)B.watch[i].pid,
+                 (int)B.watch[i].pid);
+        if ((f = fopen(path, "r")) == NULL)
+            continue;
+        while (fscanf(f, "%d", &pid) == 1) {
+            snprintf(name, sizeof(name), "%.16s-w%d", B.watch[i].name, k++ % 1000);
+            watch_add((pid_t)pid, name, 1);
+        }
+        fclose(f);
+    }
+}
+
 static void setup_watch(void)
 {
     static const struct {
@@ -256,6 +280,7 @@ static void setup_watch(void)
         snprintf(name, sizeof(name), g ? "gateway-%d" : "gateway", g);
         watch_add(pid_file(B.cfg.state_dir, file), name, !explicit_gw);
     }
+    watch_workers();
     for (size_t i = 0; i < sizeof(infra) / sizeof(infra[0]); i++)
         watch_add(pid_file(B.cfg.state_dir, infra[i].file), infra[i].name, 0);
     if (B.cfg.watch && *B.cfg.watch)

@@ -97,6 +97,8 @@ void bm__report_text(void)
 {
     char a[4][32];
     double pc;
+    uint64_t gw_rss0 = 0, gw_rss1 = 0;
+    size_t n_gw = 0;
 
     sort_kinds(&B.errors);
     sort_kinds(&B.frames);
@@ -235,7 +237,13 @@ void bm__report_text(void)
         if (pc >= 0)
             printf(", %.0f bytes per connection", pc);
         printf("\n");
+        gw_rss0 += w->rss0;
+        gw_rss1 += w->rss1;
+        n_gw++;
     }
+    if (n_gw > 1 && (pc = per_conn(gw_rss0, gw_rss1)) >= 0)
+        printf("  %-22s %s -> %s, %.0f bytes per connection (all %zu processes)\n",
+               "gateways, together", mib(gw_rss0, a[0], 32), mib(gw_rss1, a[1], 32), pc, n_gw);
     if (B.ready_at_rss1)
         printf("  %-22s %.0f bytes per connection in TCP buffers (/proc/net/sockstat, both ends); "
                "MemAvailable fell %.0f bytes per connection (noisy: page cache, other "

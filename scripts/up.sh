@@ -57,13 +57,15 @@ start_service logic "$repo/build/logic/logic"
 # and are retried by clients; its heartbeat thread retries by itself.
 # One gateway process per core is the way to use more cores (libwebsockets
 # runs one service thread per context): IM_GATEWAYS=N starts N of them on
-# consecutive ports from IM_GATEWAY_PORT (put a load balancer in front).
+# consecutive ports from IM_GATEWAY_PORT (put a load balancer in front), and
+# IM_GATEWAY_WORKERS=N makes each a master of N worker processes sharing its
+# port (SO_REUSEPORT).
 port=${IM_GATEWAY_PORT:-8080}
 for ((g = 0; g < ${IM_GATEWAYS:-1}; g++)); do
     name=gateway
     [ "$g" -gt 0 ] && name=gateway-$g
     start_service "$name" "$repo/build/gateway/gateway" --listen "0.0.0.0:$((port + g))" \
-        --gateway-id "$(hostname)-gw$g"
+        --gateway-id "$(hostname)-gw$g" --workers "${IM_GATEWAY_WORKERS:-1}"
 done
 echo
 echo "Everything is up (settings above, also in $state/env)."
