@@ -50,6 +50,7 @@
     body_too_large: 'That message is too long for the server (the usual limit is 4 KiB).',
     bad_utf8: 'The message contains characters that are not valid text.',
     bad_client_msg_id: 'The message id was refused.',
+    client_msg_id_reused: 'This message was already being sent to another conversation.',
     unknown_user: 'There is no user with that id.',
     unknown_group: 'There is no group with that id.',
     not_member: 'You are not a member of this group.',
