@@ -49,6 +49,7 @@
 
 #include "im_alloc.h"
 #include "im_log.h"
+#include "im_time.h"
 
 /* Outbound frames are written straight from pooled buffers: lws puts the
  * WebSocket header in the LWS_PRE bytes before the payload. */
@@ -94,6 +95,7 @@ typedef struct gw_io_s {
     int lfd;
     ev_io accept_w;
     bool accept_paused; /* out of file descriptors: resumed by the tick */
+    uint64_t emfile_logged_ms;
     /* gw__io_wake runs on other threads: it may only touch the context
      * under this lock, and the context is unpublished before destruction. */
     pthread_mutex_t wake_lock;
@@ -674,7 +676,12 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
 {
     gw_io_t *io = lws_container_of(sul, gw_io_t, tick);
 
-    if (io->accept_paused && !io->gw->stopping) {
+    if (io->gw->stopping && io->lfd >= 0) { /* new connections: to the other workers */
+        ev_io_stop(io->loop, &io->accept_w);
+        close(io->lfd);
+        io->lfd = -1;
+    }
+    if (io->accept_paused && io->lfd >= 0) {
         io->accept_paused = false;
         ev_io_start(io->loop, &io->accept_w);
     }
@@ -768,8 +775,10 @@ static int listen_shared(const char *host, int port, char *err, size_t errlen)
 }
 
 /* New connections on our own listening socket (--workers), handed to lws.
- * Out of file descriptors, this worker stops accepting until the next tick:
- * the connection waits in the backlog, or goes to another worker. */
+ * Out of file descriptors, this worker stops accepting until the next tick
+ * (the kernel still queues this socket's share of new connections: they
+ * wait in its backlog).  Stopping, it listens no more: the kernel sends new
+ * connections to the other workers' sockets. */
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     gw_io_t *io = lws_container_of(w, gw_io_t, accept_w);
@@ -777,22 +786,35 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     int one = 1;
 
     (void)revents;
+    if (io->gw->stopping) {
+        ev_io_stop(loop, w);
+        close(io->lfd);
+        io->lfd = -1;
+        return;
+    }
     for (int i = 0; i < 64; i++) {
         int fd = accept4(io->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) {
-                im_log_warn("gateway: out of file descriptors (%zu sessions): not accepting "
-                            "for a moment",
-                            gw_session_count(io->gw));
+                uint64_t now = im_mono_ms();
+
+                if (now >= io->emfile_logged_ms + 10000) {
+                    io->emfile_logged_ms = now;
+                    im_log_warn("gateway: out of file descriptors (%zu sessions): not "
+                                "accepting for a moment",
+                                gw_session_count(io->gw));
+                }
                 ev_io_stop(loop, w);
                 io->accept_paused = true;
             }
             return;
         }
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (vh == NULL || lws_adopt_socket_vhost(vh, fd) == NULL)
-            close(fd); /* lws closes it itself on most failures; never twice */
+        if (vh == NULL)
+            close(fd);
+        else
+            lws_adopt_socket_vhost(vh, fd); /* on failure lws has closed fd */
     }
 }
 

@@ -14,6 +14,7 @@
  * SIGINT/SIGTERM to all of them and exits 0 when all stopped cleanly.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -32,6 +33,9 @@
 
 static volatile sig_atomic_t stop_requested;
 static gw_t *volatile running;
+/* A worker's signal mask from before the master blocked SIGINT/SIGTERM,
+ * restored once serve() has its handlers (a stop in between is kept). */
+static const sigset_t *worker_mask;
 
 /* Only sets flags (gw_request_stop is an atomic store): the loop acts. */
 static void on_signal(int sig)
@@ -121,6 +125,8 @@ static int serve(gw_config_t *cfg)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (worker_mask != NULL)
+        sigprocmask(SIG_SETMASK, worker_mask, NULL);
 
     svc = upstream(cfg, &hooks);
     gw = gw_new(cfg, svc ? &hooks : NULL, NULL, err, sizeof(err));
@@ -155,11 +161,16 @@ static int serve(gw_config_t *cfg)
 /* ---- --workers N: a master process and N gateways sharing the port ---- */
 
 #define WORKERS_MAX 256
-#define RESTART_DELAY_MS 1000
+#define RESTART_DELAY_MS 1000      /* after a worker's first failure; doubles... */
+#define RESTART_DELAY_MAX_MS 60000 /* ...up to this, while it keeps dying young */
+#define RESTART_STABLE_MS 30000    /* a worker that ran this long starts over at 1 s */
+#define STOP_KILL_MS 10000         /* after the workers' own shutdown timeout: SIGKILL */
 
 typedef struct {
     pid_t pid;           /* 0: not running */
+    uint64_t started_ms; /* when it was last started */
     uint64_t start_ms;   /* when it may be (re)started */
+    uint64_t delay_ms;   /* the next restart delay */
     char id[64];         /* its gateway id, "" for the default hostname-pid */
 } worker_t;
 
@@ -182,9 +193,8 @@ static void spawn(worker_t *w, int n, gw_config_t *cfg, const sigset_t *old_mask
         return;
     }
     if (pid == 0) {
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        sigprocmask(SIG_SETMASK, old_mask, NULL);
+        /* SIGINT/SIGTERM stay blocked until serve() has its handlers. */
+        worker_mask = old_mask;
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* a master killed with -9 takes its workers */
         if (getppid() == 1)
             _exit(1);
@@ -193,6 +203,7 @@ static void spawn(worker_t *w, int n, gw_config_t *cfg, const sigset_t *old_mask
         exit(serve(cfg));
     }
     w->pid = pid;
+    w->started_ms = now_ms();
     im_log_info("gateway: worker %d started (pid %ld)", n, (long)pid);
 }
 
@@ -204,6 +215,7 @@ static int master(gw_config_t *cfg)
     int n = (int)cfg->workers, rc = 0, live = 0;
     const char *colon = strrchr(cfg->listen, ':');
     bool stopping = false;
+    uint64_t kill_at = 0;
     sigset_t set, old;
 
     if (colon == NULL || atoi(colon + 1) == 0) {
@@ -229,10 +241,20 @@ static int master(gw_config_t *cfg)
 
         if ((sig == SIGINT || sig == SIGTERM) && !stopping) {
             stopping = true;
+            kill_at = now_ms() + (uint64_t)cfg->shutdown_timeout_ms + STOP_KILL_MS;
             im_log_info("gateway: stopping %d workers", live);
             for (int i = 0; i < n; i++)
                 if (w[i].pid > 0)
                     kill(w[i].pid, SIGTERM);
+        }
+        if (stopping && kill_at != 0 && now_ms() >= kill_at) {
+            kill_at = 0; /* once */
+            for (int i = 0; i < n; i++)
+                if (w[i].pid > 0) {
+                    im_log_warn("gateway: worker %d (pid %ld) did not stop: killing it", i,
+                                (long)w[i].pid);
+                    kill(w[i].pid, SIGKILL);
+                }
         }
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
             for (int i = 0; i < n; i++) {
@@ -243,10 +265,20 @@ static int master(gw_config_t *cfg)
                 if (stopping && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
                     rc = 1; /* a worker that did not stop cleanly */
                 if (!stopping) {
-                    im_log_warn("gateway: worker %d (pid %ld) %s %d; restarting it", i,
-                                (long)pid, WIFEXITED(status) ? "exited" : "killed by signal",
-                                WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-                    w[i].start_ms = now_ms() + RESTART_DELAY_MS;
+                    uint64_t now = now_ms();
+
+                    /* One that keeps dying at start (a bad setting, the port
+                     * taken) is retried less and less often, and said so. */
+                    if (now - w[i].started_ms >= RESTART_STABLE_MS || w[i].delay_ms == 0)
+                        w[i].delay_ms = RESTART_DELAY_MS;
+                    else if ((w[i].delay_ms *= 2) > RESTART_DELAY_MAX_MS)
+                        w[i].delay_ms = RESTART_DELAY_MAX_MS;
+                    im_log_warn("gateway: worker %d (pid %ld) %s %d after %" PRIu64
+                                " ms; restarting it in %" PRIu64 " ms",
+                                i, (long)pid, WIFEXITED(status) ? "exited" : "killed by signal",
+                                WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+                                now - w[i].started_ms, w[i].delay_ms);
+                    w[i].start_ms = now + w[i].delay_ms;
                 }
             }
         if (stopping) {

@@ -85,6 +85,27 @@ static const char claim_lua[] =
     "end\n"
     "return out\n";
 
+/* Deletes the keys (KEYS) that still say "pending": claims this call made
+ * and will not publish.  A claim that expired meanwhile may be another
+ * call's by now, and stays. */
+static const char release_lua[] =
+    "for i = 1, #KEYS do\n"
+    "  if redis.call('GET', KEYS[i]) == 'pending' then redis.call('DEL', KEYS[i]) end\n"
+    "end\n"
+    "return 0\n";
+
+/* A publish that was not confirmed: each key (KEYS[i]) that still holds the
+ * exact "sending" value this call wrote (ARGV[2i]) gets ARGV[2i + 1], the same
+ * record with its lease over, for ARGV[1] ms.  A key another call took over
+ * meanwhile (its lease ran out first), or already final, is left alone. */
+static const char unconfirmed_lua[] =
+    "for i = 1, #KEYS do\n"
+    "  if redis.call('GET', KEYS[i]) == ARGV[2 * i] then\n"
+    "    redis.call('SET', KEYS[i], ARGV[2 * i + 1], 'PX', ARGV[1])\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
+
 /* Turns the keys this call claimed "pending" (KEYS) into "sending" records
  * (ARGV[1 + i], for ARGV[1] ms) before their messages are published.  Per
  * key: 1 when done, 0 when the key is no longer "pending" (the claim expired
@@ -106,6 +127,7 @@ struct lg_message_shared_s {
     im_hist_t ack_latency; /* Send received -> answered after the confirm */
     pthread_mutex_t stripes[LG_SEND_STRIPES];
     im_redis_t *redis; /* publisher thread only */
+    im_redis_script_t unconfirmed; /* publisher thread only */
 };
 
 struct lg_message_s {
@@ -114,7 +136,7 @@ struct lg_message_s {
     im_redis_t *redis;
     lg_seq_t *seq;
     lg_session_t *sessions;
-    im_redis_script_t claim, sending;
+    im_redis_script_t claim, sending, release;
     user_cache_t users; /* recipients known to exist */
     lg_target_t target;
     im_mysql_stmt_t *find_sent[FIND_SIZES]; /* prepared on first use */
@@ -133,6 +155,7 @@ lg_message_shared_t *lg_message_shared_new(const lg_message_config_t *cfg)
     lg_message_shared_t *sh = im_calloc(1, sizeof(*sh));
 
     sh->cfg = *cfg;
+    sh->unconfirmed = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(unconfirmed_lua);
     for (size_t i = 0; i < LG_SEND_STRIPES; i++)
         pthread_mutex_init(&sh->stripes[i], NULL);
     return sh;
@@ -160,6 +183,7 @@ im_err_t lg_message_new(lg_message_shared_t *sh, im_mysql_t *db, im_redis_t *red
     m->sessions = sessions;
     m->claim = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(claim_lua);
     m->sending = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(sending_lua);
+    m->release = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(release_lua);
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++) {
         im_mysql_stmt_t **st = (im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset);
         im_err_t rc = im_mysql_prepare(db, statements[i].sql, st);
@@ -287,6 +311,7 @@ typedef struct {
     bool go;                        /* its dedup key is claimed: to be published */
     bool dup;                       /* a retry of an accepted send: resp is the original */
     bool again;                     /* publishes the message of an earlier unconfirmed try */
+    char *sending;                  /* the exact "sending ..." value this call put in key */
     Im__V1__SendResponse resp;
     Im__V1__ChatMessage msg;
     char conv[CONV_MAX + 1];
@@ -320,6 +345,7 @@ static void batch_free(batch_t *b)
     for (size_t i = 0; i < b->n; i++) {
         im_free(b->items[i].error);
         im_free(b->items[i].routes);
+        im_free(b->items[i].sending);
     }
     im_free(b->items);
     im_free(b);
@@ -416,8 +442,10 @@ static unsigned lease_ms(const lg_message_shared_t *sh)
  * its message may or may not be in the queue.  This send publishes that same
  * message again (same id, seq and time): the writer stores an id once, and the
  * client gets the id that is stored either way. */
-static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec)
+static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec, uint64_t until)
 {
+    char own[RECORD_MAX];
+
     char conv[CONV_MAX + 1];
     uint64_t id, seq;
     int64_t ts;
@@ -432,6 +460,8 @@ static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec)
                "client_msg_id_reused: this client_msg_id was sent to another conversation");
         return;
     }
+    snprintf(own, sizeof(own), "sending %s %" PRIu64, rec, until); /* as claim_lua wrote it */
+    it->sending = im_strdup(own);
     it->go = true;
     it->again = true;
     it->msg.id = id;
@@ -440,16 +470,18 @@ static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec)
 }
 
 /* Deletes the claimed keys of the sends that will not be published after
- * all (release set): a key must not say "pending" for a day.  Pipelined. */
-static void release_keys(im_redis_t *r, char *const *keys, size_t n)
+ * all, while they still say "pending" (release_lua).  One script. */
+static void release_keys(lg_message_t *m, char *const *keys, size_t n)
 {
-    size_t queued = 0;
+    im_err_t rc;
 
-    for (size_t i = 0; i < n; i++)
-        if (im_redis_append(r, "DEL %s", keys[i]) == IM_OK)
-            queued++;
-    for (size_t i = 0; i < queued; i++)
-        im_redis_get_reply(r, NULL);
+    if (n == 0)
+        return;
+    rc = im_redis_eval(m->redis, &m->release, (int)n, (int)n, (const char *const *)keys, NULL,
+                       NULL);
+    if (rc != IM_OK)
+        im_log_warn("send: releasing %zu dedup keys: %s (they expire in %d s)", n,
+                    im_strerror(rc), LG_DEDUP_PENDING_MS / 1000);
 }
 /* Claims the dedup keys of the sends admitted so far, in one script: those
  * claimed get go, the others an answer (duplicate) or a refusal.  Sets
@@ -458,6 +490,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
 {
     size_t k = 0, nargs, at = 1;
     char ttl[16], now[24], lease[16], (*deleted)[40];
+    uint64_t now_ms = im_wall_ms();
     const char **args, *run_id = NULL;
     im_redis_reply_t *rep = NULL;
     im_err_t rc;
@@ -485,7 +518,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         j++;
     }
     snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_PENDING_MS);
-    snprintf(now, sizeof(now), "%" PRIu64, im_wall_ms());
+    snprintf(now, sizeof(now), "%" PRIu64, now_ms);
     snprintf(lease, sizeof(lease), "%u", lease_ms(m->sh));
     if (!im_redis_is_open(m->redis))
         im_redis_reconnect(m->redis);
@@ -520,7 +553,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         if (got == 1)
             it->go = true;
         else if (got == 3)
-            take_over(b->sh, it, value);
+            take_over(b->sh, it, value, now_ms + lease_ms(b->sh));
         else if (got == 2)
             refuse(b->sh, it, IM_RPC_PERMISSION_DENIED, "user_deleted: this account was deleted");
         else if (value == NULL || strcmp(value, "pending") == 0 || !dup_from_record(it, value))
@@ -631,7 +664,7 @@ static void find_stored_all(lg_message_t *m, batch_t *b)
         }
         n = 0;
     }
-    release_keys(m->redis, release, n_release);
+    release_keys(m, release, n_release);
     im_free(release);
     im_free(at);
 }
@@ -650,12 +683,13 @@ static im_redis_t *callback_redis(lg_message_shared_t *sh)
 
 /* Runs on the publisher thread before the client is answered, so a retry
  * after the answer finds the record: the published sends' keys get their
- * records (ok), or "sending" records whose lease is over, so that the retry
- * publishes the same message again at once.  One pipelined round trip. */
+ * records (ok), or, where they still hold this call's "sending" value, the
+ * same with the lease over, so that the retry publishes the same message
+ * again at once.  One round trip (pipelined SETs, or one script). */
 static void record_outcome(batch_t *b, bool ok)
 {
     im_redis_t *r = callback_redis(b->sh);
-    size_t queued = 0;
+    size_t queued = 0, k = 0;
     char rec[RECORD_MAX];
 
     if (r == NULL) {
@@ -663,21 +697,46 @@ static void record_outcome(batch_t *b, bool ok)
                     b->n_go);
         return;
     }
+    if (!ok) {
+        /* Only where this call's own "sending" value is still there. */
+        const char **args = im_malloc((3 * b->n_go + 1) * sizeof(*args));
+        char (*recs)[RECORD_MAX] = im_malloc((b->n_go ? b->n_go : 1) * sizeof(*recs));
+        char ttl[16];
+        im_err_t rc;
+
+        snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+        args[b->n_go] = ttl;
+        for (size_t i = 0; i < b->n && k < b->n_go; i++) {
+            item_t *it = &b->items[i];
+
+            if (!it->go)
+                continue;
+            snprintf(recs[k], RECORD_MAX, "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " 0",
+                     it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms);
+            args[k] = it->key;
+            args[b->n_go + 1 + 2 * k] = it->sending ? it->sending : "";
+            args[b->n_go + 2 + 2 * k] = recs[k];
+            k++;
+        }
+        rc = im_redis_eval(r, &b->sh->unconfirmed, (int)k, (int)(3 * k + 1), args, NULL, NULL);
+        if (rc != IM_OK)
+            im_log_warn("send: ending the leases of %zu unconfirmed sends: %s (%s)", k,
+                        im_strerror(rc), im_redis_error(r));
+        im_free(recs);
+        im_free(args);
+        return;
+    }
+    /* The record is the same whoever writes it (a retry that took over
+     * publishes this same message), so it is written unconditionally. */
     for (size_t i = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
         im_err_t rc;
 
         if (!it->go)
             continue;
-        if (ok) {
-            snprintf(rec, sizeof(rec), "%" PRIu64 " %s %" PRIu64 " %" PRId64, it->msg.id,
-                     it->conv, it->msg.seq, it->msg.created_at_ms);
-            rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
-        } else {
-            snprintf(rec, sizeof(rec), "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " 0",
-                     it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms);
-            rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
-        }
+        snprintf(rec, sizeof(rec), "%" PRIu64 " %s %" PRIu64 " %" PRId64, it->msg.id, it->conv,
+                 it->msg.seq, it->msg.created_at_ms);
+        rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
         queued += rc == IM_OK;
     }
     for (size_t i = 0; i < queued; i++) {
@@ -902,6 +961,8 @@ static void mark_sending(lg_message_t *m, batch_t *b)
         else if (im_redis_reply_int(im_redis_reply_elem(rep, j)) != 1)
             refuse(b->sh, it, IM_RPC_ABORTED,
                    "in_progress: the same message is being sent, retry");
+        else
+            it->sending = im_strdup(recs[j]);
         j++;
     }
     im_redis_reply_free(rep);
@@ -983,7 +1044,7 @@ static bool publish_all(lg_message_t *m, batch_t *b)
     keys = im_calloc(n_release ? n_release : 1, sizeof(*keys));
     for (size_t i = 0; i < n_release; i++)
         keys[i] = release[i];
-    release_keys(m->redis, keys, n_release);
+    release_keys(m, keys, n_release);
     im_free(keys);
     im_free(release);
     im_free(msgs);

@@ -232,8 +232,10 @@ void lg_notify_presence_many(lg_notify_t *n, lg_session_t *sessions, const uint6
         lookup(n, true, users + i, chunk, &peers, &n_peers, &cap_peers);
         lookup(n, false, users + i, chunk, &groups, &n_groups, &cap_groups);
     }
-    qsort(peers, n_peers, sizeof(*peers), pair_cmp);
-    qsort(groups, n_groups, sizeof(*groups), pair_cmp);
+    if (n_peers > 1) /* qsort's array must not be NULL, even for 0 */
+        qsort(peers, n_peers, sizeof(*peers), pair_cmp);
+    if (n_groups > 1)
+        qsort(groups, n_groups, sizeof(*groups), pair_cmp);
     p.online = online;
     p.at_ms = (int64_t)im_wall_ms();
     d.presence = &p;
