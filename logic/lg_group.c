@@ -9,9 +9,6 @@
 #include "im_utf8.h"
 #include "lg_auth.h"
 
-#define IDS_OF_SIZES 3 /* users per lg_group_ids_of query: 1, 8 or 64 */
-static const size_t ids_of_sizes[IDS_OF_SIZES] = {1, 8, 64};
-
 /* Room for any name the table holds (VARCHAR(64) of up to 4-byte characters). */
 #define NAME_BUF (4 * LG_GROUP_NAME_MAX + 1)
 
@@ -36,7 +33,7 @@ struct lg_group_s {
     size_t rows_cap;
     uint64_t *members;
     size_t members_cap;
-    im_mysql_stmt_t *ids_of[IDS_OF_SIZES]; /* prepared on first use */
+    im_mysql_stmt_t *ids_of[IM_MYSQL_IN_SIZES]; /* prepared on first use */
 };
 
 static const struct {
@@ -90,7 +87,7 @@ void lg_group_free(lg_group_t *g)
         return;
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++)
         im_mysql_stmt_free(*(im_mysql_stmt_t **)(void *)((char *)g + statements[i].offset));
-    for (size_t k = 0; k < IDS_OF_SIZES; k++)
+    for (size_t k = 0; k < IM_MYSQL_IN_SIZES; k++)
         im_mysql_stmt_free(g->ids_of[k]);
     im_free(g->rows);
     im_free(g->row_ptrs);
@@ -326,23 +323,21 @@ static int membership_cmp(const void *a, const void *b)
 im_rpc_code_t lg_group_ids_of(lg_group_t *g, const uint64_t *users, size_t n,
                               lg_membership_t **out, size_t *n_out, char *msg, size_t msglen)
 {
-    size_t max = ids_of_sizes[IDS_OF_SIZES - 1], count = 0, cap = 0;
+    size_t max = IM_MYSQL_IN_MAX, count = 0, cap = 0;
     lg_membership_t *rows = NULL;
     im_err_t rc = IM_OK;
 
     for (size_t done = 0; done < n && rc == IM_OK;) {
-        size_t chunk = n - done < max ? n - done : max, k = 0;
-        im_mysql_stmt_t *st;
+        size_t chunk = n - done < max ? n - done : max, places;
+        im_mysql_stmt_t *st = im_mysql_in_stmt(
+            g->db, g->ids_of, "SELECT user_id, group_id FROM group_members WHERE user_id IN (",
+            "?", chunk, ")", &places);
 
-        while (ids_of_sizes[k] < chunk)
-            k++;
-        rc = im_mysql_prepare_rows(g->db, &g->ids_of[k],
-                                   "SELECT user_id, group_id FROM group_members WHERE user_id IN (",
-                                   "?", ids_of_sizes[k], ")");
-        if (rc != IM_OK)
+        if (st == NULL) {
+            rc = IM_EIO;
             break;
-        st = g->ids_of[k];
-        for (size_t i = 0; i < ids_of_sizes[k]; i++) /* unused places repeat the first */
+        }
+        for (size_t i = 0; i < places; i++) /* unused places repeat the first */
             im_mysql_bind_u64(st, (unsigned)i, users[done + (i < chunk ? i : 0)]);
         rc = im_mysql_stmt_exec(st);
         while (rc == IM_OK && (rc = im_mysql_stmt_next(st)) == IM_OK) {

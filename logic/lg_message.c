@@ -19,7 +19,6 @@
 #define CONV_MAX 48
 #define KEY_MAX (32 + 20 + LG_CLIENT_MSG_ID_MAX)
 #define RECORD_MAX 192
-#define FIND_SIZES 3 /* prepared sizes of the batched dedup lookup */
 
 /* Users known to exist, so a direct send need not ask MySQL each time.
  * Direct-mapped; an entry is trusted for USER_CACHE_MS (users are never
@@ -139,7 +138,7 @@ struct lg_message_s {
     im_redis_script_t claim, sending, release;
     user_cache_t users; /* recipients known to exist */
     lg_target_t target;
-    im_mysql_stmt_t *find_sent[FIND_SIZES]; /* prepared on first use */
+    im_mysql_stmt_t *find_sent[IM_MYSQL_IN_SIZES]; /* prepared on first use */
     im_mysql_stmt_t *newest;
 };
 
@@ -226,7 +225,7 @@ void lg_message_free(lg_message_t *m)
         return;
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++)
         im_mysql_stmt_free(*(im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset));
-    for (size_t k = 0; k < FIND_SIZES; k++)
+    for (size_t k = 0; k < IM_MYSQL_IN_SIZES; k++)
         im_mysql_stmt_free(m->find_sent[k]);
     lg_target_free(&m->target);
     im_free(m);
@@ -311,7 +310,7 @@ typedef struct {
     bool go;                        /* its dedup key is claimed: to be published */
     bool dup;                       /* a retry of an accepted send: resp is the original */
     bool again;                     /* publishes the message of an earlier unconfirmed try */
-    char *sending;                  /* the exact "sending ..." value this call put in key */
+    uint64_t lease_until;           /* of the "sending" record this call holds in key */
     Im__V1__SendResponse resp;
     Im__V1__ChatMessage msg;
     char conv[CONV_MAX + 1];
@@ -345,7 +344,6 @@ static void batch_free(batch_t *b)
     for (size_t i = 0; i < b->n; i++) {
         im_free(b->items[i].error);
         im_free(b->items[i].routes);
-        im_free(b->items[i].sending);
     }
     im_free(b->items);
     im_free(b);
@@ -430,6 +428,13 @@ static uint64_t check_until(lg_message_t *m, const char *run_id)
     return until;
 }
 
+/* The "sending <id> <conv> <seq> <ts> <lease until>" value of it's message. */
+static void sending_value(const item_t *it, uint64_t until, char out[RECORD_MAX])
+{
+    snprintf(out, RECORD_MAX, "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " %" PRIu64,
+             it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms, until);
+}
+
 /* How long a "sending" record holds its key against retries: longer than a
  * publish may wait to go out, plus a confirm's round trip. */
 static unsigned lease_ms(const lg_message_shared_t *sh)
@@ -444,8 +449,6 @@ static unsigned lease_ms(const lg_message_shared_t *sh)
  * client gets the id that is stored either way. */
 static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec, uint64_t until)
 {
-    char own[RECORD_MAX];
-
     char conv[CONV_MAX + 1];
     uint64_t id, seq;
     int64_t ts;
@@ -460,8 +463,7 @@ static void take_over(lg_message_shared_t *sh, item_t *it, const char *rec, uint
                "client_msg_id_reused: this client_msg_id was sent to another conversation");
         return;
     }
-    snprintf(own, sizeof(own), "sending %s %" PRIu64, rec, until); /* as claim_lua wrote it */
-    it->sending = im_strdup(own);
+    it->lease_until = until; /* as claim_lua wrote it */
     it->go = true;
     it->again = true;
     it->msg.id = id;
@@ -577,32 +579,21 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     im_free(args);
 }
 
-/* The lookup of find_stored_all() for n (sender, client_msg_id) pairs, n one
- * of FIND_SIZES (unused places repeat the first pair): prepared on first use. */
-static const size_t find_sizes[FIND_SIZES] = {1, 8, 64};
-
-static im_mysql_stmt_t *find_stmt(lg_message_t *m, size_t k)
-{
-    if (im_mysql_prepare_rows(m->db, &m->find_sent[k],
-                              "SELECT id, conv_id, seq, created_at_ms, sender_id, client_msg_id "
-                              "FROM messages WHERE (sender_id, client_msg_id) IN (",
-                              "(?,?)", find_sizes[k], ")") != IM_OK)
-        return NULL;
-    return m->find_sent[k];
-}
-/* Looks up the sends at[0..n) (n <= the largest FIND_SIZES) in the table:
- * each one found becomes a duplicate answer.  Returns the query's result. */
+/* Looks up the sends at[0..n) (n <= IM_MYSQL_IN_MAX) in the table: each one
+ * found becomes a duplicate answer.  Returns the query's result. */
 static im_err_t find_chunk(lg_message_t *m, item_t **at, size_t n)
 {
-    size_t k = 0;
+    size_t rows;
     im_mysql_stmt_t *st;
     im_err_t rc;
 
-    while (find_sizes[k] < n)
-        k++;
-    if ((st = find_stmt(m, k)) == NULL)
+    st = im_mysql_in_stmt(m->db, m->find_sent,
+                          "SELECT id, conv_id, seq, created_at_ms, sender_id, client_msg_id "
+                          "FROM messages WHERE (sender_id, client_msg_id) IN (",
+                          "(?,?)", n, ")", &rows);
+    if (st == NULL)
         return IM_EIO;
-    for (size_t i = 0; i < find_sizes[k]; i++) {
+    for (size_t i = 0; i < rows; i++) { /* unused places repeat the first pair */
         const Im__V1__SendRequest *req = at[i < n ? i : 0]->req;
 
         im_mysql_bind_u64(st, (unsigned)(2 * i), req->sender);
@@ -632,12 +623,12 @@ static im_err_t find_chunk(lg_message_t *m, item_t **at, size_t n)
 }
 
 /* The Redis keys may have been lost: the table's unique key is the fallback
- * for every claimed send, looked up FIND_SIZES-wise.  Those found are answered
+ * for every claimed send, up to IM_MYSQL_IN_MAX per query.  Those found are answered
  * as duplicates; on a database error they are refused.  Either way their
  * keys are released. */
 static void find_stored_all(lg_message_t *m, batch_t *b)
 {
-    size_t max = find_sizes[FIND_SIZES - 1], n = 0;
+    size_t max = IM_MYSQL_IN_MAX, n = 0;
     item_t **at = im_malloc(max * sizeof(*at));
     char **release = im_calloc(b->n, sizeof(*release));
     size_t n_release = 0;
@@ -700,7 +691,7 @@ static void record_outcome(batch_t *b, bool ok)
     if (!ok) {
         /* Only where this call's own "sending" value is still there. */
         const char **args = im_malloc((3 * b->n_go + 1) * sizeof(*args));
-        char (*recs)[RECORD_MAX] = im_malloc((b->n_go ? b->n_go : 1) * sizeof(*recs));
+        char (*recs)[RECORD_MAX] = im_malloc((b->n_go ? 2 * b->n_go : 1) * sizeof(*recs));
         char ttl[16];
         im_err_t rc;
 
@@ -711,11 +702,14 @@ static void record_outcome(batch_t *b, bool ok)
 
             if (!it->go)
                 continue;
-            snprintf(recs[k], RECORD_MAX, "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " 0",
-                     it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms);
+            /* The value this call holds (written by mark_sending or by
+             * claim_lua's takeover, both in this format), and the same
+             * with the lease over. */
+            sending_value(it, it->lease_until, recs[2 * k]);
+            sending_value(it, 0, recs[2 * k + 1]);
             args[k] = it->key;
-            args[b->n_go + 1 + 2 * k] = it->sending ? it->sending : "";
-            args[b->n_go + 2 + 2 * k] = recs[k];
+            args[b->n_go + 1 + 2 * k] = recs[2 * k];
+            args[b->n_go + 2 + 2 * k] = recs[2 * k + 1];
             k++;
         }
         rc = im_redis_eval(r, &b->sh->unconfirmed, (int)k, (int)(3 * k + 1), args, NULL, NULL);
@@ -937,8 +931,7 @@ static void mark_sending(lg_message_t *m, batch_t *b)
 
         if (!it->go || it->again)
             continue;
-        snprintf(recs[j], RECORD_MAX, "sending %" PRIu64 " %s %" PRIu64 " %" PRId64 " %" PRIu64,
-                 it->msg.id, it->conv, it->msg.seq, it->msg.created_at_ms, until);
+        sending_value(it, until, recs[j]);
         args[j] = it->key;
         args[k + 1 + j] = recs[j];
         j++;
@@ -962,7 +955,7 @@ static void mark_sending(lg_message_t *m, batch_t *b)
             refuse(b->sh, it, IM_RPC_ABORTED,
                    "in_progress: the same message is being sent, retry");
         else
-            it->sending = im_strdup(recs[j]);
+            it->lease_until = until;
         j++;
     }
     im_redis_reply_free(rep);

@@ -13,18 +13,12 @@
 #include "lg_sync.h"
 #include "lg_target.h"
 
-/* Presence is looked up for up to 64 users per query (a Session.Connect
- * batch), prepared for these numbers of users; unused places repeat the
- * first user. */
-#define SIZES 3
-static const size_t sizes[SIZES] = {1, 8, 64};
-
 struct lg_notify_s {
     im_mysql_t *db;
     lg_message_shared_t *sh;
     lg_target_t target;
-    im_mysql_stmt_t *peers[SIZES];  /* prepared on first use */
-    im_mysql_stmt_t *groups[SIZES]; /* prepared on first use */
+    im_mysql_stmt_t *peers[IM_MYSQL_IN_SIZES];  /* prepared on first use */
+    im_mysql_stmt_t *groups[IM_MYSQL_IN_SIZES]; /* prepared on first use */
 };
 
 /* Each user's LG_PRESENCE_PEERS_MAX most recent conversations, and its
@@ -63,7 +57,7 @@ void lg_notify_free(lg_notify_t *n)
 {
     if (n == NULL)
         return;
-    for (size_t k = 0; k < SIZES; k++) {
+    for (size_t k = 0; k < IM_MYSQL_IN_SIZES; k++) {
         im_mysql_stmt_free(n->peers[k]);
         im_mysql_stmt_free(n->groups[k]);
     }
@@ -179,18 +173,15 @@ static size_t first_of(const pair_t *rows, size_t n, uint64_t user)
 static bool lookup(lg_notify_t *n, bool peers, const uint64_t *users, size_t count, pair_t **out,
                    size_t *n_out, size_t *cap)
 {
-    size_t k = 0;
-    im_mysql_stmt_t **slot, *st;
+    size_t places;
+    im_mysql_stmt_t *st = im_mysql_in_stmt(n->db, peers ? n->peers : n->groups,
+                                           peers ? peers_head : groups_head, "?", count,
+                                           peers ? peers_tail : groups_tail, &places);
     im_err_t rc;
 
-    while (sizes[k] < count)
-        k++;
-    slot = peers ? &n->peers[k] : &n->groups[k];
-    if (im_mysql_prepare_rows(n->db, slot, peers ? peers_head : groups_head, "?", sizes[k],
-                              peers ? peers_tail : groups_tail) != IM_OK)
+    if (st == NULL)
         return false;
-    st = *slot;
-    for (size_t i = 0; i < sizes[k]; i++)
+    for (size_t i = 0; i < places; i++) /* unused places repeat the first user */
         im_mysql_bind_u64(st, (unsigned)i, users[i < count ? i : 0]);
     rc = im_mysql_stmt_exec(st);
     while (rc == IM_OK && (rc = im_mysql_stmt_next(st)) == IM_OK) {
@@ -222,7 +213,7 @@ void lg_notify_presence_many(lg_notify_t *n, lg_session_t *sessions, const uint6
     Im__V1__Delivery d = IM__V1__DELIVERY__INIT;
     Im__V1__Presence p = IM__V1__PRESENCE__INIT;
     pair_t *peers = NULL, *groups = NULL;
-    size_t n_peers = 0, n_groups = 0, cap_peers = 0, cap_groups = 0, max = sizes[SIZES - 1];
+    size_t n_peers = 0, n_groups = 0, cap_peers = 0, cap_groups = 0, max = IM_MYSQL_IN_MAX;
     uint64_t *ids = NULL;
     size_t cap_ids = 0;
 
@@ -240,7 +231,8 @@ void lg_notify_presence_many(lg_notify_t *n, lg_session_t *sessions, const uint6
     p.at_ms = (int64_t)im_wall_ms();
     d.presence = &p;
     for (size_t i = 0; i < count; i++) {
-        size_t k = 0, a = first_of(peers, n_peers, users[i]), g = first_of(groups, n_groups, users[i]);
+        size_t k = 0, a = first_of(peers, n_peers, users[i]);
+        size_t g = first_of(groups, n_groups, users[i]);
 
         p.user_id = users[i];
         for (size_t j = a; j < n_peers && peers[j].user == users[i]; j++) {

@@ -38,28 +38,6 @@ static it_fanout_t fan;
 enum { SEND, SYNC, HISTORY, MARK_READ, CONVERSATIONS, TYPING };
 enum { ONLINE, OFFLINE, HEARTBEAT };
 
-/* A Send; *out (may be NULL) gets the response to free. */
-static im_rpc_code_t send_msg(uint64_t from, uint64_t to_user, uint64_t to_group, const char *cid,
-                              const char *body, Im__V1__SendResponse **out, char *msg,
-                              size_t msglen)
-{
-    Im__V1__SendRequest req = IM__V1__SEND_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    im_rpc_code_t code;
-
-    req.sender = from;
-    req.to_user = to_user;
-    req.to_group = to_group;
-    req.client_msg_id = (char *)cid;
-    req.body = (char *)body;
-    code = it_logic_call(&lg, &im__v1__message__descriptor, SEND, &req.base, &resp, msg, msglen);
-    if (out != NULL)
-        *out = (Im__V1__SendResponse *)resp;
-    else if (resp != NULL)
-        protobuf_c_message_free_unpacked(resp, NULL);
-    return code;
-}
-
 /* ------------------------------------------------------------ tests */
 
 TEST(session_online_offline_heartbeat)
@@ -96,28 +74,29 @@ TEST(send_refusals_have_clear_codes)
 
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    ASSERT_EQ(send_msg(a, 0, 0, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, 0, 0, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
     ASSERT_TRUE(it_starts_with(msg, "bad_target: "));
-    ASSERT_EQ(send_msg(a, b, g, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, b, g, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
     ASSERT_TRUE(it_starts_with(msg, "bad_target: "));
-    ASSERT_EQ(send_msg(a, b, 0, "c1", "", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "c1", "", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
     ASSERT_TRUE(it_starts_with(msg, "empty_body: "));
-    ASSERT_EQ(send_msg(a, b, 0, "c1", big, NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "c1", big, NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
     ASSERT_TRUE(it_starts_with(msg, "body_too_large: "));
-    ASSERT_EQ(send_msg(a, b, 0, "", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
     ASSERT_TRUE(it_starts_with(msg, "bad_client_msg_id: "));
-    ASSERT_EQ(send_msg(a, b, 0, "c 1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
-    ASSERT_EQ(send_msg(a, b + 1000000, 0, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_NOT_FOUND);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "c 1", "hi", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, b + 1000000, 0, "c1", "hi", NULL, msg, sizeof(msg)),
+              IM_RPC_NOT_FOUND);
     ASSERT_TRUE(it_starts_with(msg, "unknown_user: "));
-    ASSERT_EQ(send_msg(a, 0, g + 1, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_NOT_FOUND);
+    ASSERT_EQ(it_send(&lg, a, 0, g + 1, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_NOT_FOUND);
     ASSERT_TRUE(it_starts_with(msg, "unknown_group: "));
-    ASSERT_EQ(send_msg(a, 0, g, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_PERMISSION_DENIED);
+    ASSERT_EQ(it_send(&lg, a, 0, g, "c1", "hi", NULL, msg, sizeof(msg)), IM_RPC_PERMISSION_DENIED);
     ASSERT_TRUE(it_starts_with(msg, "not_member: "));
     /* Broken UTF-8: refused by logic (or by protobuf decoding), never stored. */
-    ASSERT_EQ(send_msg(a, b, 0, "c1", "bad \xc3\x28 utf8", NULL, msg, sizeof(msg)),
+    ASSERT_EQ(it_send(&lg, a, b, 0, "c1", "bad \xc3\x28 utf8", NULL, msg, sizeof(msg)),
               IM_RPC_INVALID_ARGUMENT);
     /* None of these claimed the client message id. */
-    ASSERT_EQ(send_msg(a, b, 0, "c1", "fine", NULL, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "c1", "fine", NULL, msg, sizeof(msg)), IM_RPC_OK);
 }
 
 TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
@@ -126,7 +105,7 @@ TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
     Im__V1__SendResponse *r1, *r2;
     char msg[256], conv[48], *window;
 
-    ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello \xf0\x9f\x91\x8b", &r1, msg, sizeof(msg)),
+    ASSERT_EQ(it_send(&lg, a, b, 0, "m-1", "hello \xf0\x9f\x91\x8b", &r1, msg, sizeof(msg)),
               IM_RPC_OK);
     it_direct_conv(conv, sizeof(conv), a, b);
     ASSERT_STR_EQ(r1->conv, conv);
@@ -134,7 +113,7 @@ TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
     ASSERT_TRUE(!r1->duplicate);
     ASSERT_EQ(it_rows_with_id(db, r1->id, 1), 1);
     /* The retry: same id, conv and seq, flagged, and no second row. */
-    ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_U64_EQ(r2->id, r1->id);
     ASSERT_U64_EQ(r2->seq, r1->seq);
     ASSERT_TRUE(r2->duplicate);
@@ -146,7 +125,7 @@ TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
      * would, and put the old one back after. */
     window = it_dedup_window_force(redis);
     ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:%" PRIu64 ":m-1", a), IM_OK);
-    ASSERT_EQ(send_msg(a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "m-1", "hello again", &r2, msg, sizeof(msg)), IM_RPC_OK);
     it_dedup_window_restore(redis, window);
     ASSERT_U64_EQ(r2->id, r1->id);
     ASSERT_TRUE(r2->duplicate);
@@ -154,7 +133,7 @@ TEST(direct_send_is_stored_once_and_a_retry_is_deduplicated)
     it_sleep_ms(200); /* the writer's delay, for a second row to show if there were one */
     ASSERT_EQ(it_rows_with_id(db, r1->id, 2), 1);
     /* Another sender may use the same client message id. */
-    ASSERT_EQ(send_msg(b, a, 0, "m-1", "mine", &r2, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, b, a, 0, "m-1", "mine", &r2, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_NE(r2->id, r1->id);
     ASSERT_TRUE(r2->seq > r1->seq);
     protobuf_c_message_free_unpacked(&r2->base, NULL);
@@ -175,7 +154,7 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     it_online(&lg, a, fan.gw_b, "a2");
     it_online(&lg, c, "it11-dead", "c1");
     ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:gw:it11-dead"), IM_OK);
-    ASSERT_EQ(send_msg(a, b, 0, "f-1", "to b", &r, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "f-1", "to b", &r, msg, sizeof(msg)), IM_RPC_OK);
     for (int i = 0; i < 2; i++) {
         d = it_next_of_kind(&fan, 3000, 'm', rkey, sizeof(rkey));
         ASSERT_TRUE(d != NULL && d->message != NULL);
@@ -194,7 +173,7 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     protobuf_c_message_free_unpacked(&r->base, NULL);
     /* The dead gateway's route was pruned on the way. */
     ASSERT_EQ(it_routes_of(redis, c), 1); /* not looked up yet: c got nothing */
-    ASSERT_EQ(send_msg(a, c, 0, "f-2", "to c", NULL, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, c, 0, "f-2", "to c", NULL, msg, sizeof(msg)), IM_RPC_OK);
     d = it_next_of_kind(&fan, 3000, 'm', rkey, sizeof(rkey)); /* a's other device only */
     ASSERT_TRUE(d != NULL);
     ASSERT_STR_EQ(rkey + 3, fan.gw_b);
@@ -205,7 +184,7 @@ TEST(fanout_reaches_the_gateways_that_hold_the_users)
     snprintf(want, sizeof(want), "g.%" PRIu64, g);
     ASSERT_EQ(im_amqp_bind(amqp, fan.queue, IT_DELIVER_EXCHANGE, want), IM_OK);
     it_join(&lg, b, g);
-    ASSERT_EQ(send_msg(a, 0, g, "f-3", "to the group", &r, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, 0, g, "f-3", "to the group", &r, msg, sizeof(msg)), IM_RPC_OK);
     d = it_next_of_kind(&fan, 3000, 'm', rkey, sizeof(rkey));
     ASSERT_TRUE(d != NULL && d->message != NULL);
     ASSERT_STR_EQ(rkey, want);
@@ -250,14 +229,14 @@ TEST(sync_after_offline_returns_exactly_the_missed_messages_in_order)
     it_join(&lg, b, g);
     for (int i = 0; i < 8; i++) {
         snprintf(cid, sizeof(cid), "s-%d", i);
-        ASSERT_EQ(send_msg(a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
+        ASSERT_EQ(it_send(&lg, a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
         seqs[i] = r->seq;
         snprintf(conv, sizeof(conv), "%s", r->conv);
         protobuf_c_message_free_unpacked(&r->base, NULL);
     }
     for (int i = 0; i < 3; i++) {
         snprintf(cid, sizeof(cid), "g-%d", i);
-        ASSERT_EQ(send_msg(owner, 0, g, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
+        ASSERT_EQ(it_send(&lg, owner, 0, g, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
         gseqs[i] = r->seq;
         protobuf_c_message_free_unpacked(&r->base, NULL);
     }
@@ -331,7 +310,7 @@ TEST(history_pages_backwards_and_only_for_participants)
 
     for (int i = 0; i < 5; i++) {
         snprintf(cid, sizeof(cid), "h-%d", i);
-        ASSERT_EQ(send_msg(a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
+        ASSERT_EQ(it_send(&lg, a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
         seqs[i] = r->seq;
         snprintf(conv, sizeof(conv), "%s", r->conv);
         protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -416,7 +395,7 @@ TEST(mark_read_never_goes_back_tells_the_peer_and_counts_unread)
 
     for (int i = 0; i < 5; i++) {
         snprintf(cid, sizeof(cid), "r-%d", i);
-        ASSERT_EQ(send_msg(a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
+        ASSERT_EQ(it_send(&lg, a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
         seqs[i] = r->seq;
         snprintf(conv, sizeof(conv), "%s", r->conv);
         protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -478,7 +457,7 @@ TEST(typing_presence_and_group_events_reach_online_users)
     uint64_t g;
 
     /* a and b have a direct chat; a is online on gateway A. */
-    ASSERT_EQ(send_msg(a, b, 0, "n-1", "hi", NULL, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "n-1", "hi", NULL, msg, sizeof(msg)), IM_RPC_OK);
     for (int i = 0; i < 100; i++) { /* user_convs is written with the message */
         Im__V1__ConversationsResponse *cr = conversations(a);
         size_t n = cr->n_conversations;

@@ -489,6 +489,22 @@ static void check_presence(const Im__V1__Delivery *d, const char *rkey, uint64_t
     ASSERT_U64_EQ(d->user_ids[0], peer);
 }
 
+/* Session.Online or Offline of one session of user on gateway A. */
+static void one_session(unsigned method, uint64_t user, const char *sid)
+{
+    Im__V1__SessionRequest one = IM__V1__SESSION_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    char msg[256];
+
+    one.user_id = user;
+    one.gateway_id = fan.gw_a;
+    one.session_id = (char *)sid;
+    ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, method, &one.base, &resp, msg,
+                            sizeof(msg)),
+              IM_RPC_OK);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+
 /* (d2) Presence of several users connecting in one batch (looked up for the
  * whole batch at once): each peer hears exactly its own peer, once. */
 TEST(presence_of_a_batch_reaches_each_users_own_peers)
@@ -500,24 +516,14 @@ TEST(presence_of_a_batch_reaches_each_users_own_peers)
     const char *sids[2] = {"p1-1", "p2-1"};
     sbatch_t *b = sbatch_new(3);
     Im__V1__SessionBatchResponse *r;
-    ProtobufCMessage *resp = NULL;
     Im__V1__Delivery *d;
-    char rkey[256], msg[256];
+    char rkey[256];
     bool heard[2] = {false, false};
 
     chat(a1, p1);
     chat(a2, p2);
-    for (int i = 0; i < 2; i++) {
-        Im__V1__SessionRequest one = IM__V1__SESSION_REQUEST__INIT;
-
-        one.user_id = peers[i];
-        one.gateway_id = fan.gw_a;
-        one.session_id = (char *)sids[i];
-        ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, ONLINE, &one.base, &resp, msg,
-                                sizeof(msg)),
-                  IM_RPC_OK);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
+    for (int i = 0; i < 2; i++)
+        one_session(ONLINE, peers[i], sids[i]);
     it_drain_deliveries(&fan, 300);
     sbatch_add(b, a1, fan.gw_b, "a1-1");
     sbatch_add(b, lone, fan.gw_b, "lone-1");
@@ -539,17 +545,8 @@ TEST(presence_of_a_batch_reaches_each_users_own_peers)
     ASSERT_TRUE(heard[0] && heard[1]);
     r = sbatch_ok(DISCONNECT, b);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    for (int i = 0; i < 2; i++) {
-        Im__V1__SessionRequest one = IM__V1__SESSION_REQUEST__INIT;
-
-        one.user_id = peers[i];
-        one.gateway_id = fan.gw_a;
-        one.session_id = (char *)sids[i];
-        ASSERT_EQ(it_logic_call(&lg, &im__v1__session__descriptor, OFFLINE, &one.base, &resp,
-                                msg, sizeof(msg)),
-                  IM_RPC_OK);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
+    for (int i = 0; i < 2; i++)
+        one_session(OFFLINE, peers[i], sids[i]);
     it_drain_deliveries(&fan, 300);
     sbatch_free(b);
 }

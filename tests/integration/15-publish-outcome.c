@@ -48,7 +48,6 @@ static it_logic_t lg = {.tag = "it15"};
 static im_mysql_t *db;
 static im_redis_t *redis;
 
-enum { SEND = 0 }; /* Message.Send, in proto/im.proto order */
 
 /* ------------------------------------------------------------ the proxy */
 
@@ -192,25 +191,6 @@ static void proxy_stop(proxy_t *p)
 
 /* ------------------------------------------------------------ helpers */
 
-static im_rpc_code_t send_msg(uint64_t from, uint64_t to, const char *cid,
-                              Im__V1__SendResponse **out, char *msg, size_t msglen)
-{
-    Im__V1__SendRequest req = IM__V1__SEND_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    im_rpc_code_t code;
-
-    req.sender = from;
-    req.to_user = to;
-    req.client_msg_id = (char *)cid;
-    req.body = (char *)cid;
-    code = it_logic_call(&lg, &im__v1__message__descriptor, SEND, &req.base, &resp, msg, msglen);
-    if (out != NULL)
-        *out = (Im__V1__SendResponse *)resp;
-    else if (resp != NULL)
-        protobuf_c_message_free_unpacked(resp, NULL);
-    return code;
-}
-
 /* The stored row of (sender, cid), waiting up to wait_ms: its id and seq, and
  * how many rows have that pair (0 when none came). */
 static uint64_t stored(uint64_t sender, const char *cid, unsigned wait_ms, uint64_t *id,
@@ -268,26 +248,6 @@ static void set_sending(uint64_t sender, const char *cid, uint64_t id, const cha
               IM_OK);
 }
 
-/* Closes the window in which logic also looks claims up in MySQL (what a
- * Redis that kept its data looks like): then only the dedup records can tell
- * a retry from a new message, which is the case under test.  Returns the
- * old value for window_restore(). */
-static char *window_close(void)
-{
-    im_redis_reply_t *rep = NULL;
-    const char *run_id, *v;
-    char value[96], *old = NULL;
-
-    ASSERT_EQ(im_redis_command(redis, &rep, "GET im:dedup:since"), IM_OK);
-    if ((v = im_redis_reply_str(rep, NULL)) != NULL)
-        old = strdup(v);
-    im_redis_reply_free(rep);
-    ASSERT_EQ(im_redis_run_id(redis, &run_id), IM_OK);
-    snprintf(value, sizeof(value), "%s 0", run_id);
-    ASSERT_EQ(im_redis_command(redis, NULL, "SET im:dedup:since %s", value), IM_OK);
-    return old;
-}
-
 /* Retries a send until it is not refused for the broker (the publisher
  * reconnects with a backoff), for up to 20 s. */
 static im_rpc_code_t send_until_up(uint64_t from, uint64_t to, const char *cid,
@@ -296,7 +256,7 @@ static im_rpc_code_t send_until_up(uint64_t from, uint64_t to, const char *cid,
     uint64_t t0 = im_mono_ms();
     im_rpc_code_t code;
 
-    while ((code = send_msg(from, to, cid, out, msg, msglen)) == IM_RPC_UNAVAILABLE &&
+    while ((code = it_send(&lg, from, to, 0, cid, cid, out, msg, msglen)) == IM_RPC_UNAVAILABLE &&
            im_mono_ms() - t0 < 20000)
         it_sleep_ms(200);
     return code;
@@ -309,7 +269,9 @@ TEST(lost_confirm_then_retry_acks_the_stored_id)
     uint64_t a = it_new_user(&lg, "uo"), b = it_new_user(&lg, "uo");
     uint64_t id = 0, seq = 0, id2 = 0, seq2 = 0;
     Im__V1__SendResponse *r = NULL;
-    char *window = window_close(), *v, cid[32], msg[256];
+    /* The window closed (a Redis that kept its data): only the dedup records
+     * can tell a retry from a new message, which is the case under test. */
+    char *window = it_dedup_window_set(redis, 0), *v, cid[32], msg[256];
     bool reached = false;
 
     for (int attempt = 0; attempt < 3 && !reached; attempt++) {
@@ -321,7 +283,7 @@ TEST(lost_confirm_then_retry_acks_the_stored_id)
         snprintf(cid, sizeof(cid), "lost-%d", attempt);
         atomic_store(&px.cuts, 0);
         atomic_store(&px.cut, 1);
-        code = send_msg(a, b, cid, NULL, msg, sizeof(msg));
+        code = it_send(&lg, a, b, 0, cid, cid, NULL, msg, sizeof(msg));
         atomic_store(&px.cut, 0);
         ASSERT_EQ(code, IM_RPC_UNAVAILABLE);
         ASSERT_TRUE(it_starts_with(msg, "broker_unavailable"));
@@ -348,7 +310,7 @@ TEST(lost_confirm_then_retry_acks_the_stored_id)
     ASSERT_EQ(stored(a, cid, 0, &id2, &seq2), 1);
     ASSERT_U64_EQ(id2, id);
     /* And now a plain duplicate. */
-    ASSERT_EQ(send_msg(a, b, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, cid, cid, &r, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_U64_EQ(r->id, id);
     ASSERT_TRUE(r->duplicate);
     protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -361,21 +323,22 @@ TEST(sending_records_lease_takeover_and_reuse)
     uint64_t id = (1ull << 62) + (uint64_t)getpid() * 1000 + it_serial(), sid, sseq;
     int64_t ts = (int64_t)im_wall_ms() - 5000;
     Im__V1__SendResponse *r = NULL;
-    char conv[48], msg[256], *window = window_close(), *v;
+    char conv[48], msg[256], *window = it_dedup_window_set(redis, 0), *v;
 
     it_direct_conv(conv, sizeof(conv), a, b);
     /* A try whose lease still runs (its instance may still get the confirm). */
     set_sending(a, "held", id, conv, 41, ts, im_wall_ms() + 60000);
-    ASSERT_EQ(send_msg(a, b, "held", NULL, msg, sizeof(msg)), IM_RPC_ABORTED);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "held", "held", NULL, msg, sizeof(msg)), IM_RPC_ABORTED);
     ASSERT_TRUE(it_starts_with(msg, "in_progress"));
     /* The same client_msg_id to another peer: refused, the record kept. */
     set_sending(a, "gone", id, conv, 42, ts, 0);
-    ASSERT_EQ(send_msg(a, c, "gone", NULL, msg, sizeof(msg)), IM_RPC_INVALID_ARGUMENT);
+    ASSERT_EQ(it_send(&lg, a, c, 0, "gone", "gone", NULL, msg, sizeof(msg)),
+              IM_RPC_INVALID_ARGUMENT);
     ASSERT_TRUE(it_starts_with(msg, "client_msg_id_reused"));
     /* A lease that ran out (a crash, or the refusal just above took it):
      * the retry publishes exactly that message once its lease ends again. */
     set_sending(a, "gone", id, conv, 42, ts, 0);
-    ASSERT_EQ(send_msg(a, b, "gone", &r, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "gone", "gone", &r, msg, sizeof(msg)), IM_RPC_OK);
     ASSERT_U64_EQ(r->id, id);
     ASSERT_U64_EQ(r->seq, 42);
     ASSERT_EQ(r->created_at_ms, ts);
@@ -390,7 +353,7 @@ TEST(sending_records_lease_takeover_and_reuse)
     free(v);
     /* A plain send writes "sending" before it publishes and the record
      * after: nothing of the first is left once it is acked. */
-    ASSERT_EQ(send_msg(a, b, "plain", &r, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(it_send(&lg, a, b, 0, "plain", "plain", &r, msg, sizeof(msg)), IM_RPC_OK);
     v = dedup_value(a, "plain");
     ASSERT_NOT_NULL(v);
     ASSERT_TRUE(it_starts_with(v, "sending") == false);

@@ -174,6 +174,29 @@ static inline void it_online(it_logic_t *lg, uint64_t user, const char *gw, cons
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
+/* A Message.Send (method 0) from -> to_user or to_group; *out (may be NULL)
+ * gets the response to free. */
+static inline im_rpc_code_t it_send(it_logic_t *lg, uint64_t from, uint64_t to_user,
+                                    uint64_t to_group, const char *cid, const char *body,
+                                    Im__V1__SendResponse **out, char *msg, size_t msglen)
+{
+    Im__V1__SendRequest req = IM__V1__SEND_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    im_rpc_code_t code;
+
+    req.sender = from;
+    req.to_user = to_user;
+    req.to_group = to_group;
+    req.client_msg_id = (char *)cid;
+    req.body = (char *)body;
+    code = it_logic_call(lg, &im__v1__message__descriptor, 0, &req.base, &resp, msg, msglen);
+    if (out != NULL)
+        *out = (Im__V1__SendResponse *)resp;
+    else if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    return code;
+}
+
 /* ------------------------------------------------------------ what logic stored */
 
 /* Rows stored with this id, waiting up to 5 s for at least `want`. */
@@ -210,14 +233,14 @@ static inline long long it_routes_of(im_redis_t *redis, uint64_t user)
     return n;
 }
 
-/* Puts this Redis run in the state of one that may have lost dedup records
- * (a restart while the table held messages of the last day): logic then
- * checks claims against the table too.  Logic sets this window itself when a
- * Redis run begins; on a database that was empty then it sets none, and a
+/* Sets until when (unix ms) this Redis run counts as one that may have lost
+ * dedup records, so that logic also checks claims against the table: 0 closes
+ * the window (a Redis that kept its data).  Logic sets this window itself when
+ * a Redis run begins; on a database that was empty then it sets none, and a
  * record deleted by hand would not be looked for.  Returns the old value of
  * "im:dedup:since" (LG_DEDUP_SINCE_KEY, "<run_id> <until ms>"), NULL when
  * there was none, for it_dedup_window_restore(), which frees it. */
-static inline char *it_dedup_window_force(im_redis_t *redis)
+static inline char *it_dedup_window_set(im_redis_t *redis, uint64_t until_ms)
 {
     im_redis_reply_t *rep = NULL;
     const char *run_id, *v;
@@ -228,9 +251,16 @@ static inline char *it_dedup_window_force(im_redis_t *redis)
         old = strdup(v);
     im_redis_reply_free(rep);
     ASSERT_EQ(im_redis_run_id(redis, &run_id), IM_OK);
-    snprintf(value, sizeof(value), "%s %" PRIu64, run_id, im_wall_ms() + 3600 * 1000);
+    snprintf(value, sizeof(value), "%s %" PRIu64, run_id, until_ms);
     ASSERT_EQ(im_redis_command(redis, NULL, "SET im:dedup:since %s", value), IM_OK);
     return old;
+}
+
+/* The state of a Redis run that may have lost dedup records (a restart while
+ * the table held messages of the last day), for an hour. */
+static inline char *it_dedup_window_force(im_redis_t *redis)
+{
+    return it_dedup_window_set(redis, im_wall_ms() + 3600 * 1000);
 }
 
 /* Puts back (or deletes) what it_dedup_window_force() found; frees old. */
