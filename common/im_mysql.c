@@ -484,19 +484,23 @@ im_err_t im_mysql_prepare_rows(im_mysql_t *db, im_mysql_stmt_t **slot, const cha
     return err;
 }
 
-im_mysql_stmt_t *im_mysql_in_stmt(im_mysql_t *db, im_mysql_stmt_t *slots[IM_MYSQL_IN_SIZES],
-                                  const char *head, const char *tuple, size_t n,
-                                  const char *tail, size_t *rows)
+im_err_t im_mysql_in_stmt(im_mysql_t *db, im_mysql_stmt_t *slots[IM_MYSQL_IN_SIZES],
+                          const char *head, const char *tuple, size_t n, const char *tail,
+                          im_mysql_stmt_t **st, size_t *rows)
 {
     static const size_t sizes[IM_MYSQL_IN_SIZES] = {1, 8, IM_MYSQL_IN_MAX};
     size_t k = 0;
+    im_err_t err;
 
     while (k + 1 < IM_MYSQL_IN_SIZES && sizes[k] < n)
         k++;
+    *st = NULL;
     *rows = sizes[k];
-    if (n > sizes[k] || im_mysql_prepare_rows(db, &slots[k], head, tuple, sizes[k], tail) != IM_OK)
-        return NULL;
-    return slots[k];
+    if (n > sizes[k])
+        return IM_EINVAL;
+    if ((err = im_mysql_prepare_rows(db, &slots[k], head, tuple, sizes[k], tail)) == IM_OK)
+        *st = slots[k];
+    return err;
 }
 
 void im_mysql_stmt_free(im_mysql_stmt_t *st)

@@ -130,14 +130,15 @@ im_err_t im_mysql_prepare_rows(im_mysql_t *db, im_mysql_stmt_t **slot, const cha
 
 /* A lookup of up to IM_MYSQL_IN_MAX keys at once ("... IN (" tuple ")"),
  * prepared for IM_MYSQL_IN_SIZES numbers of tuples (1, 8 and 64) in slots:
- * returns the smallest that holds n (1 <= n <= IM_MYSQL_IN_MAX), preparing it
- * on first use, and its number of tuples in *rows (the caller fills the places
- * past n with a repeat of the first key).  NULL when it cannot be prepared. */
+ * sets *st to the smallest that holds n (1 <= n <= IM_MYSQL_IN_MAX), preparing
+ * it on first use, and *rows to its number of tuples (the caller fills the
+ * places past n with a repeat of the first key).  Returns IM_OK, the error of
+ * im_mysql_prepare, or IM_EINVAL when n is too large. */
 #define IM_MYSQL_IN_SIZES 3
 #define IM_MYSQL_IN_MAX 64
-im_mysql_stmt_t *im_mysql_in_stmt(im_mysql_t *db, im_mysql_stmt_t *slots[IM_MYSQL_IN_SIZES],
-                                  const char *head, const char *tuple, size_t n,
-                                  const char *tail, size_t *rows);
+im_err_t im_mysql_in_stmt(im_mysql_t *db, im_mysql_stmt_t *slots[IM_MYSQL_IN_SIZES],
+                          const char *head, const char *tuple, size_t n, const char *tail,
+                          im_mysql_stmt_t **st, size_t *rows);
 
 /* Frees st (the server-side statement too).  NULL is fine. */
 void im_mysql_stmt_free(im_mysql_stmt_t *st);

@@ -329,14 +329,13 @@ im_rpc_code_t lg_group_ids_of(lg_group_t *g, const uint64_t *users, size_t n,
 
     for (size_t done = 0; done < n && rc == IM_OK;) {
         size_t chunk = n - done < max ? n - done : max, places;
-        im_mysql_stmt_t *st = im_mysql_in_stmt(
-            g->db, g->ids_of, "SELECT user_id, group_id FROM group_members WHERE user_id IN (",
-            "?", chunk, ")", &places);
+        im_mysql_stmt_t *st;
 
-        if (st == NULL) {
-            rc = IM_EIO;
+        rc = im_mysql_in_stmt(g->db, g->ids_of,
+                              "SELECT user_id, group_id FROM group_members WHERE user_id IN (",
+                              "?", chunk, ")", &st, &places);
+        if (rc != IM_OK)
             break;
-        }
         for (size_t i = 0; i < places; i++) /* unused places repeat the first */
             im_mysql_bind_u64(st, (unsigned)i, users[done + (i < chunk ? i : 0)]);
         rc = im_mysql_stmt_exec(st);

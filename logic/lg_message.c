@@ -587,12 +587,12 @@ static im_err_t find_chunk(lg_message_t *m, item_t **at, size_t n)
     im_mysql_stmt_t *st;
     im_err_t rc;
 
-    st = im_mysql_in_stmt(m->db, m->find_sent,
+    rc = im_mysql_in_stmt(m->db, m->find_sent,
                           "SELECT id, conv_id, seq, created_at_ms, sender_id, client_msg_id "
                           "FROM messages WHERE (sender_id, client_msg_id) IN (",
-                          "(?,?)", n, ")", &rows);
-    if (st == NULL)
-        return IM_EIO;
+                          "(?,?)", n, ")", &st, &rows);
+    if (rc != IM_OK)
+        return rc;
     for (size_t i = 0; i < rows; i++) { /* unused places repeat the first pair */
         const Im__V1__SendRequest *req = at[i < n ? i : 0]->req;
 

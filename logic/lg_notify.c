@@ -174,12 +174,12 @@ static bool lookup(lg_notify_t *n, bool peers, const uint64_t *users, size_t cou
                    size_t *n_out, size_t *cap)
 {
     size_t places;
-    im_mysql_stmt_t *st = im_mysql_in_stmt(n->db, peers ? n->peers : n->groups,
-                                           peers ? peers_head : groups_head, "?", count,
-                                           peers ? peers_tail : groups_tail, &places);
-    im_err_t rc;
+    im_mysql_stmt_t *st;
+    im_err_t rc = im_mysql_in_stmt(n->db, peers ? n->peers : n->groups,
+                                   peers ? peers_head : groups_head, "?", count,
+                                   peers ? peers_tail : groups_tail, &st, &places);
 
-    if (st == NULL)
+    if (rc != IM_OK)
         return false;
     for (size_t i = 0; i < places; i++) /* unused places repeat the first user */
         im_mysql_bind_u64(st, (unsigned)i, users[i < count ? i : 0]);
