@@ -68,43 +68,66 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
     c->until_ms[s][victim] = now + USER_CACHE_MS;
 }
 
-/* Claims the dedup keys of a batch of sends.  KEYS[1] holds "<run_id>
+/* Claims the dedup keys of a batch of sends and, in the common case, hands
+ * out their seqs in the same round trip.  KEYS[1] holds "<run_id>
  * <check_until_ms>": until then, claims must also be checked against the
  * table, because this server (ARGV[2] is its run_id) may have lost records.
- * Then, per send, KEYS[2i] its dedup key (claimed "pending", NX, ARGV[1] ms)
- * and KEYS[2i+1] its sender's deleted mark.  ARGV[3] is the time (unix ms),
- * ARGV[4] the lease a takeover gets (ms).  Returns {check_until or "" when
- * KEYS[1] is missing or from another run (the caller computes and sets it),
- * then per send: 1, "" when claimed; 0, the key's value when not; 2, "" when
- * the sender's account is deleted; 3, "<id> <conv> <seq> <ts>" when the key
- * was "sending" that message with its lease over: this call now holds it and
- * publishes that same message again}.  A sender's mark is read once per call. */
-static const char claim_lua[] =
+ * Then, per send, KEYS[3i-1] its dedup key, KEYS[3i] its sender's deleted
+ * mark and KEYS[3i+1] its conversation's seq hash (LG_SEQ_LUA).  ARGV[1] is
+ * how long a "pending" claim lasts (ms), ARGV[3] the time (unix ms), ARGV[4]
+ * the lease a takeover gets (ms), ARGV[5] how long a "sending" record lasts
+ * (ms), ARGV[6] the end of its lease (unix ms), then per send ARGV[3i+4..6]
+ * its id, conversation and time.
+ *
+ * Outside a check window a send whose conversation has a seq to hand out is
+ * claimed straight into "sending <id> <conv> <seq> <ts> <lease end>" (it
+ * will be published); otherwise into "pending" (the caller checks the table,
+ * takes the seq and writes the "sending" record).  Returns {check_until or ""
+ * when KEYS[1] is missing or from another run (the caller computes and sets
+ * it), then per send: 4, the seq when claimed as "sending"; 1, "" when claimed
+ * "pending"; 0, the key's value when not claimed; 2, "" when the sender's
+ * account is deleted; 3, "<id> <conv> <seq> <ts>" when the key was "sending"
+ * that message with its lease over: this call now holds it and publishes that
+ * same message again}.  A sender's mark is read once per call. */
+static const char claim_lua[] = LG_SEQ_LUA
     "local v = redis.call('GET', KEYS[1]) or ''\n"
     "local rid, untl = string.match(v, '^(%S+) (%d+)$')\n"
-    "local out, gone = {''}, {}\n"
+    "local out, gone, st, o = {''}, {}, {}, 1\n"
     "local now = tonumber(ARGV[3])\n"
+    "local fast = rid == ARGV[2] and tonumber(untl) <= now\n"
     "if rid == ARGV[2] then out[1] = untl end\n"
-    "for i = 2, #KEYS, 2 do\n"
-    "  if gone[KEYS[i + 1]] == nil then\n"
-    "    gone[KEYS[i + 1]] = redis.call('EXISTS', KEYS[i + 1]) == 1\n"
-    "  end\n"
-    "  if gone[KEYS[i + 1]] then\n"
-    "    out[#out + 1] = 2; out[#out + 1] = ''\n"
-    "  elseif redis.call('SET', KEYS[i], 'pending', 'NX', 'PX', ARGV[1]) then\n"
-    "    out[#out + 1] = 1; out[#out + 1] = ''\n"
+    "for i = 2, #KEYS, 3 do\n"
+    "  local key, del, a = KEYS[i], KEYS[i + 1], 7 + (i - 2)\n"
+    "  local code, val = 0, ''\n"
+    "  if gone[del] == nil then gone[del] = redis.call('EXISTS', del) == 1 end\n"
+    "  if gone[del] then\n"
+    "    code = 2\n"
     "  else\n"
-    "    local cur = redis.call('GET', KEYS[i]) or ''\n"
-    "    local rec, lease = string.match(cur, '^sending (.+) (%d+)$')\n"
-    "    if rec ~= nil and tonumber(lease) <= now then\n"
-    "      redis.call('SET', KEYS[i], 'sending ' .. rec .. ' ' ..\n"
-    "                 string.format('%.0f', now + tonumber(ARGV[4])), 'KEEPTTL')\n"
-    "      out[#out + 1] = 3; out[#out + 1] = rec\n"
+    "    local n = fast and seq_peek(st, KEYS[i + 2], ARGV[2]) or nil\n"
+    "    local cur\n"
+    "    if n then\n"
+    "      cur = redis.call('SET', key, 'sending ' .. ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' ..\n"
+    "                       n .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[6],\n"
+    "                       'NX', 'PX', ARGV[5], 'GET')\n"
     "    else\n"
-    "      out[#out + 1] = 0; out[#out + 1] = cur\n"
+    "      cur = redis.call('SET', key, 'pending', 'NX', 'PX', ARGV[1], 'GET')\n"
+    "    end\n"
+    "    if not cur then\n"
+    "      if n then seq_take(st, KEYS[i + 2]); code = 4; val = n else code = 1 end\n"
+    "    else\n"
+    "      local rec, lease = string.match(cur, '^sending (.+) (%d+)$')\n"
+    "      if rec ~= nil and tonumber(lease) <= now then\n"
+    "        redis.call('SET', key, 'sending ' .. rec .. ' ' ..\n"
+    "                   string.format('%.0f', now + tonumber(ARGV[4])), 'KEEPTTL')\n"
+    "        code = 3; val = rec\n"
+    "      else\n"
+    "        val = cur\n"
+    "      end\n"
     "    end\n"
     "  end\n"
+    "  out[o + 1] = code; out[o + 2] = val; o = o + 2\n"
     "end\n"
+    "seq_store(st)\n"
     "return out\n";
 
 /* Deletes the keys (KEYS) that still say "pending": claims this call made
@@ -333,6 +356,7 @@ typedef struct {
     bool go;                        /* its dedup key is claimed: to be published */
     bool dup;                       /* a retry of an accepted send: resp is the original */
     bool again;                     /* publishes the message of an earlier unconfirmed try */
+    bool sending;                   /* key holds this call's "sending" record of msg */
     uint64_t lease_until;           /* of the "sending" record this call holds in key */
     Im__V1__SendResponse resp;
     Im__V1__ChatMessage msg;
@@ -508,14 +532,18 @@ static void release_keys(lg_message_t *m, char *const *keys, size_t n)
         im_log_warn("send: releasing %zu dedup keys: %s (they expire in %d s)", n,
                     im_strerror(rc), LG_DEDUP_PENDING_MS / 1000);
 }
-/* Claims the dedup keys of the sends admitted so far, in one script: those
- * claimed get go, the others an answer (duplicate) or a refusal.  Sets
- * *check_db when Redis may have lost records. */
+/* Claims the dedup keys of the sends admitted so far, in one script (see
+ * claim_lua), under the stripe locks of their conversations: those claimed
+ * get go, the others an answer (duplicate) or a refusal.  Each admitted send
+ * gets its id and time first; a send claimed as "sending" also has its seq
+ * and is ready to publish.  Sets *check_db when Redis may have lost records
+ * (every claim is then "pending"). */
 static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
 {
-    size_t k = 0, nargs, at = 1;
-    char ttl[16], now[24], lease[16], (*deleted)[40];
-    uint64_t now_ms = im_wall_ms();
+    size_t k = 0, nargs, nkeys, at = 1;
+    char ttl[16], now[24], lease[16], sending_ttl[16], until[24];
+    char (*deleted)[40], (*seqkeys)[LG_SEQ_KEY_MAX], (*nums)[2][24];
+    uint64_t now_ms = im_wall_ms(), until_ms = now_ms + lease_ms(m->sh);
     const char **args, *run_id = NULL;
     im_redis_reply_t *rep = NULL;
     im_err_t rc;
@@ -525,35 +553,52 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         k += b->items[i].code == IM_RPC_OK && !b->items[i].dup;
     if (k == 0)
         return;
-    nargs = 1 + 2 * k + 4;
+    nkeys = 1 + 3 * k;
+    nargs = nkeys + 6 + 3 * k;
     args = im_malloc(nargs * sizeof(*args));
     deleted = im_malloc(k * sizeof(*deleted));
+    seqkeys = im_malloc(k * sizeof(*seqkeys));
+    nums = im_malloc(k * sizeof(*nums));
     args[0] = LG_DEDUP_SINCE_KEY;
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
+        const char **a = args + nkeys + 6 + 3 * j;
 
         if (it->code != IM_RPC_OK || it->dup)
             continue;
+        it->msg.id = im_id_next(m->sh->cfg.ids);
+        it->msg.created_at_ms = (int64_t)now_ms;
         snprintf(it->key, KEY_MAX, "im:dedup:%" PRIu64 ":%s", it->req->sender,
                  it->req->client_msg_id);
         snprintf(deleted[j], sizeof(deleted[j]), LG_DELETED_KEY,
                  (unsigned long long)it->req->sender);
-        args[1 + 2 * j] = it->key;
-        args[2 + 2 * j] = deleted[j];
+        lg_seq_key(it->conv, seqkeys[j]);
+        snprintf(nums[j][0], sizeof(nums[j][0]), "%" PRIu64, it->msg.id);
+        snprintf(nums[j][1], sizeof(nums[j][1]), "%" PRId64, it->msg.created_at_ms);
+        args[1 + 3 * j] = it->key;
+        args[2 + 3 * j] = deleted[j];
+        args[3 + 3 * j] = seqkeys[j];
+        a[0] = nums[j][0];
+        a[1] = it->conv;
+        a[2] = nums[j][1];
         j++;
     }
     snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_PENDING_MS);
     snprintf(now, sizeof(now), "%" PRIu64, now_ms);
     snprintf(lease, sizeof(lease), "%u", lease_ms(m->sh));
+    snprintf(sending_ttl, sizeof(sending_ttl), "%d", LG_DEDUP_TTL_MS);
+    snprintf(until, sizeof(until), "%" PRIu64, until_ms);
     if (!im_redis_is_open(m->redis))
         im_redis_reconnect(m->redis);
     rc = im_redis_run_id(m->redis, &run_id);
-    args[nargs - 4] = ttl;
-    args[nargs - 3] = run_id;
-    args[nargs - 2] = now;
-    args[nargs - 1] = lease;
+    args[nkeys] = ttl;
+    args[nkeys + 1] = run_id;
+    args[nkeys + 2] = now;
+    args[nkeys + 3] = lease;
+    args[nkeys + 4] = sending_ttl;
+    args[nkeys + 5] = until;
     if (rc == IM_OK)
-        rc = im_redis_eval(m->redis, &m->claim, (int)(1 + 2 * k), (int)nargs, args, NULL, &rep);
+        rc = im_redis_eval(m->redis, &m->claim, (int)nkeys, (int)nargs, args, NULL, &rep);
     if (rc == IM_OK && im_redis_reply_count(rep) != 1 + 2 * k)
         rc = IM_EPARSE;
     if (rc != IM_OK) {
@@ -575,15 +620,23 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         got = im_redis_reply_int(im_redis_reply_elem(rep, at));
         value = im_redis_reply_str(im_redis_reply_elem(rep, at + 1), NULL);
         at += 2;
-        if (got == 1)
+        if (got == 4 && im_redis_reply_u64(im_redis_reply_elem(rep, at - 1), &it->msg.seq) ==
+                            IM_OK) {
             it->go = true;
-        else if (got == 3)
+            it->sending = true;
+            it->lease_until = until_ms;
+        } else if (got == 4) { /* cannot happen: the script formats the seq */
+            refuse(b->sh, it, IM_RPC_INTERNAL, "internal: bad seq from the dedup claim");
+        } else if (got == 1) {
+            it->go = true;
+        } else if (got == 3) {
             take_over(b->sh, it, value, now_ms + lease_ms(b->sh));
-        else if (got == 2)
+        } else if (got == 2) {
             refuse(b->sh, it, IM_RPC_PERMISSION_DENIED, "user_deleted: this account was deleted");
-        else if (value == NULL || strcmp(value, "pending") == 0 || !dup_from_record(it, value))
+        } else if (value == NULL || strcmp(value, "pending") == 0 || !dup_from_record(it, value)) {
             refuse(b->sh, it, IM_RPC_ABORTED,
                    "in_progress: the same message is being sent, retry");
+        }
     }
     if (rc == IM_OK) {
         const char *since = im_redis_reply_str(im_redis_reply_elem(rep, 0), NULL);
@@ -592,12 +645,14 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         for (size_t i = 0; i < b->n; i++)
             any_go |= b->items[i].go;
         if (any_go) {
-            uint64_t until = since && *since ? strtoull(since, NULL, 10)
-                                             : check_until(m, run_id);
-            *check_db = im_wall_ms() < until;
+            uint64_t check = since && *since ? strtoull(since, NULL, 10) : check_until(m, run_id);
+
+            *check_db = im_wall_ms() < check;
         }
     }
     im_redis_reply_free(rep);
+    im_free(nums);
+    im_free(seqkeys);
     im_free(deleted);
     im_free(args);
 }
@@ -896,8 +951,9 @@ static uint32_t conv_hash(const char *conv)
     return h;
 }
 
-/* Where each direct message's recipient and sender's other devices are:
- * one lookup for the batch. */
+/* Where each admitted direct message's recipient and sender's other devices
+ * are: one lookup for the batch, before the claim (a send that turns out to
+ * be a duplicate wasted its lookup, which is rare). */
 static void find_routes(lg_message_t *m, batch_t *b)
 {
     lg_route_query_t *q = im_calloc(b->n, sizeof(*q));
@@ -907,7 +963,7 @@ static void find_routes(lg_message_t *m, batch_t *b)
     for (size_t i = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
 
-        if (!it->go || it->req->to_group)
+        if (it->code != IM_RPC_OK || it->dup || it->req->to_group)
             continue;
         it->routes = im_calloc(LG_ROUTES_MAX, sizeof(*it->routes));
         q[nq].users[0] = it->req->to_user;
@@ -920,14 +976,18 @@ static void find_routes(lg_message_t *m, batch_t *b)
     if (rc != IM_OK)
         im_log_warn("send: routes of %zu messages: %s: no live delivery, recipients sync", nq,
                     im_strerror(rc));
-    for (size_t i = 0, j = 0; i < b->n && rc == IM_OK; i++)
-        if (b->items[i].go && !b->items[i].req->to_group)
+    for (size_t i = 0, j = 0; i < b->n && rc == IM_OK; i++) {
+        const item_t *it = &b->items[i];
+
+        if (it->code == IM_RPC_OK && !it->dup && !it->req->to_group)
             b->items[i].n_routes = q[j++].n_out;
+    }
     im_free(q);
 }
 
-/* Before anything is published: the claimed keys of the new sends become
- * "sending <id> <conv> <seq> <ts> <lease until>" records, so that a retry
+/* Before anything is published: the keys claimed "pending" become
+ * "sending <id> <conv> <seq> <ts> <lease until>" records (as claim_lua
+ * writes them in the common case), so that a retry
  * after an unknown outcome (the broker or this instance lost before the
  * confirm) publishes the same message again instead of a new one.  A send
  * whose claim was lost meanwhile is refused; when Redis fails, all are (their
@@ -942,7 +1002,7 @@ static void mark_sending(lg_message_t *m, batch_t *b)
     im_err_t rc;
 
     for (size_t i = 0; i < b->n; i++)
-        k += b->items[i].go && !b->items[i].again;
+        k += b->items[i].go && !b->items[i].again && !b->items[i].sending;
     if (k == 0)
         return;
     args = im_malloc((2 * k + 1) * sizeof(*args));
@@ -952,7 +1012,7 @@ static void mark_sending(lg_message_t *m, batch_t *b)
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
 
-        if (!it->go || it->again)
+        if (!it->go || it->again || it->sending)
             continue;
         sending_value(it, until, recs[j]);
         args[j] = it->key;
@@ -970,15 +1030,17 @@ static void mark_sending(lg_message_t *m, batch_t *b)
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
 
-        if (!it->go || it->again)
+        if (!it->go || it->again || it->sending)
             continue;
         if (rc != IM_OK)
             refuse(b->sh, it, IM_RPC_UNAVAILABLE, "redis_unavailable: try again");
         else if (im_redis_reply_int(im_redis_reply_elem(rep, j)) != 1)
             refuse(b->sh, it, IM_RPC_ABORTED,
                    "in_progress: the same message is being sent, retry");
-        else
+        else {
             it->lease_until = until;
+            it->sending = true;
+        }
         j++;
     }
     im_redis_reply_free(rep);
@@ -986,39 +1048,64 @@ static void mark_sending(lg_message_t *m, batch_t *b)
     im_free(args);
 }
 
-/* Seqs and ids for the sends still to go, and one persistent publish of them
- * all; the confirm answers the call.  Under the stripe locks of their
- * conversations: the publisher sends in submit order, so this instance's
- * messages of a conversation reach the queue and the gateways in seq order.
- * Returns false when none is left to publish (the caller answers). */
-static bool publish_all(lg_message_t *m, batch_t *b)
+/* The stripe locks of the conversations of the sends admitted so far (go:
+ * only those still to publish), as a mask. */
+static uint64_t stripes_of(const batch_t *b, bool go)
+{
+    uint64_t stripes = 0;
+
+    _Static_assert(LG_SEND_STRIPES <= 64, "stripes are a 64-bit mask");
+    for (size_t i = 0; i < b->n; i++) {
+        const item_t *it = &b->items[i];
+
+        if (go ? it->go : it->code == IM_RPC_OK && !it->dup)
+            stripes |= 1ull << (conv_hash(it->conv) % LG_SEND_STRIPES);
+    }
+    return stripes;
+}
+
+/* In index order: two batches never wait for each other in a cycle. */
+static void lock_stripes(lg_message_shared_t *sh, uint64_t stripes)
+{
+    for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
+        if (stripes & (1ull << s))
+            pthread_mutex_lock(&sh->stripes[s]);
+}
+
+static void unlock_stripes(lg_message_shared_t *sh, uint64_t stripes)
+{
+    for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
+        if (stripes & (1ull << s))
+            pthread_mutex_unlock(&sh->stripes[s]);
+}
+
+/* Seqs and ids for the sends claimed "pending", and one persistent publish
+ * of all to go; the confirm answers the call.  Called under the stripe locks
+ * (stripes) of their conversations, which it releases: seqs are taken and
+ * the batch submitted under them, and the publisher sends in submit order, so
+ * this instance's messages of a conversation reach the queue and the gateways
+ * in seq order.  Returns false when none is left to publish (the caller
+ * answers). */
+static bool publish_all(lg_message_t *m, batch_t *b, uint64_t stripes)
 {
     Im__V1__ChatBatch batch = IM__V1__CHAT_BATCH__INIT;
     const char **convs = im_calloc(b->n, sizeof(*convs));
-    uint64_t *seqs = im_calloc(b->n, sizeof(*seqs)), stripes = 0;
+    uint64_t *seqs = im_calloc(b->n, sizeof(*seqs));
     im_err_t *errs = im_calloc(b->n, sizeof(*errs));
     Im__V1__ChatMessage **msgs = im_calloc(b->n, sizeof(*msgs));
     char (*release)[KEY_MAX] = NULL, **keys; /* keys of sends refused here */
     size_t k = 0, n_release = 0;
 
-    _Static_assert(LG_SEND_STRIPES <= 64, "stripes are a 64-bit mask");
     for (size_t i = 0; i < b->n; i++)
-        if (b->items[i].go) {
-            if (!b->items[i].again)
-                convs[k++] = b->items[i].conv;
-            stripes |= 1ull << (conv_hash(b->items[i].conv) % LG_SEND_STRIPES);
-        }
-    /* In index order: two batches never wait for each other in a cycle. */
-    for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
-        if (stripes & (1ull << s))
-            pthread_mutex_lock(&m->sh->stripes[s]);
+        if (b->items[i].go && !b->items[i].again && !b->items[i].sending)
+            convs[k++] = b->items[i].conv;
     lg_seq_next_many(m->seq, convs, k, seqs, errs);
     k = 0;
     b->n_go = 0;
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
 
-        if (!it->go || it->again)
+        if (!it->go || it->again || it->sending)
             continue;
         if (errs[j] != IM_OK) {
             im_log_warn("send: seq for %s: %s", it->conv, im_strerror(errs[j]));
@@ -1053,9 +1140,7 @@ static bool publish_all(lg_message_t *m, batch_t *b)
                             m->sh->cfg.publish_timeout_ms, confirm_cb, b);
         im_free(buf);
     }
-    for (unsigned s = 0; s < LG_SEND_STRIPES; s++)
-        if (stripes & (1ull << s))
-            pthread_mutex_unlock(&m->sh->stripes[s]);
+    unlock_stripes(m->sh, stripes);
     /* Out of the locks: order does not matter here, and Redis may be slow. */
     keys = im_calloc(n_release ? n_release : 1, sizeof(*keys));
     for (size_t i = 0; i < n_release; i++)
@@ -1080,6 +1165,7 @@ static void send_calls(lg_message_t *m, im_rpc_call_t *call, bool many)
     size_t n;
     char msg[256];
     bool check_db;
+    uint64_t stripes;
 
     if (many) {
         reqs = (const Im__V1__SendRequest *const *)((const Im__V1__SendBatchRequest *)req)->sends;
@@ -1123,11 +1209,19 @@ static void send_calls(lg_message_t *m, im_rpc_call_t *call, bool many)
         it->msg.to_user = it->req->to_user;
         it->msg.to_group = it->req->to_group;
     }
-    claim_all(m, b, &check_db);
-    if (check_db)
-        find_stored_all(m, b);
     find_routes(m, b);
-    if (!publish_all(m, b))
+    /* The claim hands out seqs: under the locks, which publish_all() releases. */
+    stripes = stripes_of(b, false);
+    lock_stripes(m->sh, stripes);
+    claim_all(m, b, &check_db);
+    if (check_db) {
+        /* Every claim is "pending": no seq was handed out yet. */
+        unlock_stripes(m->sh, stripes);
+        find_stored_all(m, b);
+        stripes = stripes_of(b, true);
+        lock_stripes(m->sh, stripes);
+    }
+    if (!publish_all(m, b, stripes))
         answer(b);
 }
 

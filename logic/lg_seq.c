@@ -80,25 +80,14 @@ static const char next_lua[] =
  * (repeats allowed), ARGV[1] the run_id.  out[i] is the seq, or 0 when that
  * hash needs init or reserve (nothing consumed; the caller takes the slow
  * path, which finds out which).  Each hash is read once and its counter
- * written once, however often it repeats; a counter is written with %.0f,
- * exact below 2^53 (Lua's default number format keeps only 14 digits). */
-static const char next_many_lua[] =
+ * written once, however often it repeats. */
+static const char next_many_lua[] = LG_SEQ_LUA
     "local out, st = {}, {}\n"
     "for i, k in ipairs(KEYS) do\n"
-    "  local s = st[k]\n"
-    "  if s == nil then\n"
-    "    local v = redis.call('HMGET', k, 'n', 'c', 'r')\n"
-    "    s = {ok = v[1] ~= false and v[3] == ARGV[1], n = tonumber(v[1] or '0'),\n"
-    "         c = tonumber(v[2] or '0'), dirty = false}\n"
-    "    st[k] = s\n"
-    "  end\n"
-    "  if s.ok and s.n < s.c then\n"
-    "    s.n = s.n + 1; s.dirty = true; out[i] = s.n\n"
-    "  else out[i] = 0 end\n"
+    "  local n = seq_peek(st, k, ARGV[1])\n"
+    "  if n then seq_take(st, k); out[i] = n else out[i] = 0 end\n"
     "end\n"
-    "for k, s in pairs(st) do\n"
-    "  if s.dirty then redis.call('HSET', k, 'n', string.format('%.0f', s.n)) end\n"
-    "end\n"
+    "seq_store(st)\n"
     "return out\n";
 
 /* KEYS[1] the hash, ARGV[1] the run_id, ARGV[2] D. */
@@ -317,6 +306,17 @@ static bool recover(lg_seq_t *s, im_err_t err, bool *redis_done, bool *db_done)
         return im_mysql_reconnect(s->db) == IM_OK;
     }
     return false;
+}
+
+void lg_seq_key(const char *conv, char out[LG_SEQ_KEY_MAX])
+{
+    size_t len = conv != NULL ? strlen(conv) : 0;
+
+    _Static_assert(LG_SEQ_KEY_MAX == sizeof(KEY_PREFIX) + CONV_MAX, "LG_SEQ_KEY_MAX");
+    if (len == 0 || len > CONV_MAX)
+        out[0] = '\0';
+    else
+        snprintf(out, LG_SEQ_KEY_MAX, KEY_PREFIX "%s", conv);
 }
 
 im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out)

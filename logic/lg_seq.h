@@ -68,4 +68,41 @@ im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out);
 size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out,
                         im_err_t *errs);
 
+/* The Redis key of conv's seq hash, for scripts that take seqs with
+ * LG_SEQ_LUA ("" when conv is empty or longer than 48 bytes). */
+#define LG_SEQ_KEY_MAX (7 + 48 + 1)
+void lg_seq_key(const char *conv, char out[LG_SEQ_KEY_MAX]);
+
+/* The fast path of lg_seq_next_many() as Lua, for a script that hands out
+ * seqs together with other work in the same round trip (the send's dedup
+ * claim).  Over a table st the script makes ({}), it defines
+ *   seq_peek(st, key, run_id)  the seq the hash key (lg_seq_key()) hands out
+ *                              next as a string, or nil when it needs init or
+ *                              reserve: lg_seq_next()'s job, after the script;
+ *   seq_take(st, key)          the peeked seq is used;
+ *   seq_store(st)              writes the counters of the hashes taken from.
+ * Peeks without a take hand out nothing; a hash that gave nil keeps giving nil
+ * in that script, so what the caller takes later through lg_seq_next() comes
+ * after what the script handed out.  Counters are written with %.0f, exact
+ * below 2^53 (Lua's default number format keeps only 14 digits). */
+#define LG_SEQ_LUA                                                                         \
+    "local function seq_peek(st, k, rid)\n"                                              \
+    "  local s = st[k]\n"                                                                \
+    "  if s == nil then\n"                                                               \
+    "    local v = redis.call('HMGET', k, 'n', 'c', 'r')\n"                              \
+    "    s = {ok = v[1] ~= false and v[3] == rid, n = tonumber(v[1] or '0'),\n"          \
+    "         c = tonumber(v[2] or '0'), dirty = false}\n"                               \
+    "    st[k] = s\n"                                                                    \
+    "  end\n"                                                                            \
+    "  if s.ok and s.n < s.c then return string.format('%.0f', s.n + 1) end\n"           \
+    "  s.ok = false\n"                                                                   \
+    "  return nil\n"                                                                     \
+    "end\n"                                                                              \
+    "local function seq_take(st, k) st[k].n = st[k].n + 1; st[k].dirty = true end\n"     \
+    "local function seq_store(st)\n"                                                     \
+    "  for k, s in pairs(st) do\n"                                                       \
+    "    if s.dirty then redis.call('HSET', k, 'n', string.format('%.0f', s.n)) end\n"   \
+    "  end\n"                                                                            \
+    "end\n"
+
 #endif

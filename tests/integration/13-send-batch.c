@@ -457,6 +457,69 @@ TEST(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each)
     batch_free(bt);
 }
 
+/* The common case claims a send's dedup key and takes its seq in one Redis
+ * script (the dedup window closed).  A conversation whose seq lease runs out
+ * in the middle of a batch, and one that has no seq hash yet, go on through
+ * the slow path: still consecutive seqs in batch order, one row each, and a
+ * final dedup record (not "sending") for each once acked. */
+TEST(lease_running_out_mid_batch_keeps_seqs_consecutive)
+{
+    uint64_t a = it_new_user(&lg, "lse"), b = it_new_user(&lg, "lse"), c = it_new_user(&lg, "lse");
+    batch_t *bt = batch_new(8);
+    Im__V1__SendBatchResponse *r;
+    Im__V1__SendResponse *first;
+    Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
+    char ab[48], ac[48], cid[32], msg[256], *window = it_dedup_window_set(redis, 0);
+    uint64_t next_ab, next_ac = 1;
+    im_redis_reply_t *rep = NULL;
+
+    it_direct_conv(ab, sizeof(ab), a, b);
+    it_direct_conv(ac, sizeof(ac), a, c);
+    one.sender = a;
+    one.to_user = b;
+    one.client_msg_id = "lse-first";
+    one.body = "lse-first";
+    ASSERT_EQ(send_one(&one, &first, msg, sizeof(msg)), IM_RPC_OK);
+    next_ab = first->seq + 1;
+    /* Two seqs left in ab's lease. */
+    ASSERT_EQ(im_redis_command(redis, NULL, "HSET im:seq:%s c %" PRIu64, ab, first->seq + 2),
+              IM_OK);
+    for (int i = 0; i < 8; i++) {
+        snprintf(cid, sizeof(cid), "lse-%d", i);
+        batch_add(bt, a, i % 4 == 1 ? c : b, 0, cid, NULL);
+    }
+    r = send_batch_ok(bt);
+    for (size_t i = 0; i < 8; i++) {
+        const Im__V1__SendResponse *res = accepted(r, i);
+        uint64_t *next = i % 4 == 1 ? &next_ac : &next_ab;
+        const char *v;
+
+        ASSERT_STR_EQ(res->conv, i % 4 == 1 ? ac : ab);
+        if (res->seq != *next)
+            IM__FAIL("send %zu in %s: seq %" PRIu64 ", want %" PRIu64, i, res->conv, res->seq,
+                     *next);
+        (*next)++;
+        ASSERT_EQ(im_redis_command(redis, &rep, "GET im:dedup:%" PRIu64 ":%s", a, bt->cids[i]),
+                  IM_OK);
+        v = im_redis_reply_str(rep, NULL);
+        ASSERT_NOT_NULL(v);
+        snprintf(msg, sizeof(msg), "%" PRIu64 " %s %" PRIu64 " %" PRId64, res->id, res->conv,
+                 res->seq, res->created_at_ms);
+        ASSERT_STR_EQ(v, msg);
+        im_redis_reply_free(rep);
+        rep = NULL;
+    }
+    ASSERT_EQ(rows_in_conv(ab, next_ab - first->seq), next_ab - first->seq);
+    ASSERT_EQ(rows_in_conv(ac, 2), 2);
+    it_sleep_ms(100); /* a second row would show by now */
+    ASSERT_EQ(rows_in_conv(ab, 0), next_ab - first->seq);
+    ASSERT_EQ(rows_in_conv(ac, 0), 2);
+    it_dedup_window_restore(redis, window);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    protobuf_c_message_free_unpacked(&first->base, NULL);
+    batch_free(bt);
+}
+
 /* (c) The same client message id twice in one batch: the first claims it
  * and is accepted, the second finds the claim pending and is told to retry
  * (ABORTED in_progress), as a concurrent Send would be.  Once recorded, both
@@ -798,6 +861,7 @@ int main(int argc, char **argv)
     RUN(empty_batch_gets_no_results);
     RUN(mixed_batch_answers_each_send_as_send_would);
     RUN(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each);
+    RUN(lease_running_out_mid_batch_keeps_seqs_consecutive);
     RUN(same_client_msg_id_twice_in_one_batch);
     RUN(batch_size_limit);
     RUN(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order);
