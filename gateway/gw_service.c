@@ -593,10 +593,26 @@ static uint64_t local_origin(gw_service_t *svc, const char *origin)
 
 /* Queues b to the sessions of the users (direct) or of the group's local
  * members, except `skip` and (when skip_user) the sessions of skip_user. */
+#define USER_IDS_STACK 64
+
+/* The ids of every session of user here: in stack (USER_IDS_STACK long) when
+ * they fit, else in an allocation the caller frees (the result != stack). */
+static uint64_t *user_sessions(gw_service_t *svc, uint64_t user, uint64_t *stack, size_t *n)
+{
+    uint64_t *all = stack;
+
+    *n = gw_user_sessions(svc->gw, user, stack, USER_IDS_STACK);
+    if (*n > USER_IDS_STACK) {
+        all = im_malloc(*n * sizeof(*all));
+        *n = gw_user_sessions(svc->gw, user, all, *n);
+    }
+    return all;
+}
+
 static void fan_out(gw_service_t *svc, const Im__V1__Delivery *d, uint64_t group, im_buf_t *b,
                     uint64_t skip, uint64_t skip_user)
 {
-    uint64_t ids[64];
+    uint64_t ids[USER_IDS_STACK];
 
     if (group != 0) {
         gw_members_t *m = im_map_get(&svc->groups, group);
@@ -609,12 +625,17 @@ static void fan_out(gw_service_t *svc, const Im__V1__Delivery *d, uint64_t group
         return;
     }
     for (size_t u = 0; u < d->n_user_ids; u++) {
-        size_t n = gw_user_sessions(svc->gw, d->user_ids[u], ids, 64);
+        size_t n;
+        uint64_t *all;
+
         if (d->user_ids[u] == skip_user)
             continue;
-        for (size_t i = 0; i < n && i < 64; i++)
-            if (ids[i] != skip && gw_session_send(svc->gw, ids[i], b) == IM_OK)
+        all = user_sessions(svc, d->user_ids[u], ids, &n);
+        for (size_t i = 0; i < n; i++)
+            if (all[i] != skip && gw_session_send(svc->gw, all[i], b) == IM_OK)
                 svc->delivered++;
+        if (all != ids)
+            im_free(all);
     }
 }
 
@@ -713,13 +734,14 @@ static void deliver_presence(gw_service_t *svc, const Im__V1__Delivery *d)
 static void deliver_group_event(gw_service_t *svc, const Im__V1__Delivery *d)
 {
     const Im__V1__GroupEvent *e = d->group_event;
-    uint64_t ids[64];
-    size_t n = gw_user_sessions(svc->gw, e->user_id, ids, 64);
+    uint64_t ids[USER_IDS_STACK], *all;
+    size_t n;
     im_jw_t w;
-    im_buf_t *b = gw__buf_begin(svc, 256, &w);
+    im_buf_t *b;
 
-    for (size_t i = 0; i < n && i < 64; i++) {
-        gw_sess_t *s = gw_session_data(svc->gw, ids[i]);
+    all = user_sessions(svc, e->user_id, ids, &n);
+    for (size_t i = 0; i < n; i++) {
+        gw_sess_t *s = gw_session_data(svc->gw, all[i]);
         if (s == NULL)
             continue;
         if (e->joined)
@@ -727,6 +749,9 @@ static void deliver_group_event(gw_service_t *svc, const Im__V1__Delivery *d)
         else
             gw__group_remove(svc, s, e->group_id);
     }
+    if (all != ids)
+        im_free(all);
+    b = gw__buf_begin(svc, 256, &w);
     if (b == NULL)
         return;
     im_jw_obj_begin(&w);
