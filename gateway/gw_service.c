@@ -345,13 +345,6 @@ static void session_request(gw_service_t *svc, const gw_sess_t *s, Im__V1__Sessi
     req->session_id = sid;
 }
 
-static void noop_done(gw_service_t *svc, gw_call_t *c)
-{
-    (void)svc;
-    if (c->code != IM_RPC_OK)
-        im_log_debug("service: call failed: %s", c->message);
-}
-
 /* Online and Mine are both in: the session is routed to and holds its
  * groups, so from now on nothing addressed to it is missed live, and a sync
  * started now covers everything before.  The client learns it by "ready". */
@@ -486,13 +479,12 @@ static void disconnect_done(gw_service_t *svc, gw_call_t *bc)
     flush_sessions(svc, false); /* what waited for this call */
 }
 
+static void session_batch_call(gw_service_t *svc, gw_call_t *bc, bool connect, bool routes_only);
+
 static void flush_sessions(gw_service_t *svc, bool connect)
 {
-    Im__V1__SessionBatchRequest req = IM__V1__SESSION_BATCH_REQUEST__INIT;
-    Im__V1__SessionRequest *reqs, **ptrs;
     uint64_t **list = connect ? &svc->connects : &svc->disconnects;
     size_t *n = connect ? &svc->n_connects : &svc->n_disconnects;
-    char (*sids)[24];
     gw_call_t *bc;
 
     if (*n == 0 ||
@@ -506,6 +498,17 @@ static void flush_sessions(gw_service_t *svc, bool connect)
     bc->n_pairs = *n;
     *list = NULL;
     *n = 0;
+    session_batch_call(svc, bc, connect, false);
+}
+
+/* Sends bc's pairs as one Session.Connect (connect; routes_only: without
+ * the groups) or Session.Disconnect. */
+static void session_batch_call(gw_service_t *svc, gw_call_t *bc, bool connect, bool routes_only)
+{
+    Im__V1__SessionBatchRequest req = IM__V1__SESSION_BATCH_REQUEST__INIT;
+    Im__V1__SessionRequest *reqs, **ptrs;
+    char (*sids)[24];
+
     reqs = im_calloc(bc->n_pairs, sizeof(*reqs));
     ptrs = im_calloc(bc->n_pairs, sizeof(*ptrs));
     sids = im_calloc(bc->n_pairs, sizeof(*sids));
@@ -518,6 +521,7 @@ static void flush_sessions(gw_service_t *svc, bool connect)
     }
     req.sessions = ptrs;
     req.n_sessions = bc->n_pairs;
+    req.routes_only = routes_only;
     gw__call(svc, bc, &im__v1__session__descriptor,
              connect ? GW_METHOD_CONNECT : GW_METHOD_DISCONNECT, &req.base);
     im_free(sids);
@@ -844,30 +848,126 @@ static void on_deliver_state(void *arg, bool up)
 
 /* ------------------------------------------------------------ heartbeats */
 
-/* The lease was gone (Redis lost it, and every route with it, or this
- * gateway was cut off longer than the TTL): register every session again. */
-static void reregister_one(gw_t *gw, const gw_session_info_t *info, void *arg)
+static void pairs_push(gw_pairs_t *p, uint64_t id, uint64_t user)
 {
-    gw_service_t *svc = arg;
-    Im__V1__SessionRequest req = IM__V1__SESSION_REQUEST__INIT;
-    char sid[24];
-
-    (void)gw;
-    session_request(svc, info->data, &req, sid, sizeof(sid));
-    gw__call(svc, gw__call_new(svc, GW_CALL_ONLINE, noop_done), &im__v1__session__descriptor, 0,
-             &req.base);
-    svc->reregistered++;
+    if (p->n == p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 64;
+        p->v = im_realloc(p->v, 2 * p->cap * sizeof(*p->v));
+    }
+    p->v[2 * p->n] = id;
+    p->v[2 * p->n + 1] = user;
+    p->n++;
 }
 
+static void flush_rereg(gw_service_t *svc);
+
+/* A routes-only Session.Connect of sessions registered again is back: those
+ * routed are online; a session closed meanwhile is taken offline again (it
+ * may have been routed to); a deleted user's session is closed; the others
+ * wait for the next heartbeat and are tried again. */
+static void rereg_done(gw_service_t *svc, gw_call_t *bc)
+{
+    const Im__V1__SessionBatchResponse *r = (const Im__V1__SessionBatchResponse *)bc->resp;
+    bool whole = bc->code == IM_RPC_OK && r != NULL && r->n_results == bc->n_pairs;
+    size_t failed = 0;
+
+    svc->rereg_calls--;
+    for (size_t i = 0; i < bc->n_pairs; i++) {
+        uint64_t id = bc->pairs[2 * i], user = bc->pairs[2 * i + 1];
+        const Im__V1__SessionResult *res = whole ? r->results[i] : NULL;
+        gw_sess_t *s = gw_session_data(svc->gw, id);
+
+        if (res != NULL && res->code == IM_RPC_OK) {
+            svc->reregistered++;
+            if (s == NULL)
+                session_batch_add(svc, false, id, user);
+            else
+                s->online = true;
+        } else if (s == NULL) {
+            if (res == NULL) /* timed out, maybe after logic routed it */
+                session_batch_add(svc, false, id, user);
+        } else if (res != NULL && res->code == IM_RPC_PERMISSION_DENIED) {
+            gw_session_close(svc->gw, id, 1008, "user_deleted");
+        } else {
+            pairs_push(&svc->rereg_retry, id, user);
+            failed++;
+        }
+    }
+    if (failed > 0) {
+        im_log_warn("service: registering %zu sessions again failed (%s): retried at the next "
+                    "heartbeat",
+                    failed, whole ? "per session" : bc->message ? bc->message : "bad answer");
+        atomic_store(&svc->rereg_waiting, true);
+    }
+    flush_rereg(svc);
+}
+
+/* Sends the sessions waiting in rereg, GW_SESSION_BATCH_MAX per call, while
+ * fewer than GW_SESSION_CALLS_MAX such calls are in flight.  Sessions closed
+ * since they were listed are skipped (their Offline went out). */
+static void flush_rereg(gw_service_t *svc)
+{
+    while (svc->rereg.n > 0 && svc->rereg_calls < GW_SESSION_CALLS_MAX) {
+        gw_call_t *bc = gw__call_new(svc, GW_CALL_ONLINE, rereg_done);
+        size_t k = 0;
+
+        bc->pairs = im_malloc(2 * GW_SESSION_BATCH_MAX * sizeof(*bc->pairs));
+        while (svc->rereg.n > 0 && k < GW_SESSION_BATCH_MAX) {
+            const uint64_t *p = &svc->rereg.v[2 * --svc->rereg.n];
+
+            if (gw_session_data(svc->gw, p[0]) == NULL)
+                continue;
+            bc->pairs[2 * k] = p[0];
+            bc->pairs[2 * k + 1] = p[1];
+            k++;
+        }
+        if (k == 0) {
+            gw__call_free(bc);
+            break;
+        }
+        bc->n_pairs = k;
+        svc->rereg_calls++;
+        session_batch_call(svc, bc, true, true);
+    }
+}
+
+static void rereg_one(gw_t *gw, const gw_session_info_t *info, void *arg)
+{
+    gw_service_t *svc = arg;
+    const gw_sess_t *s = info->data;
+
+    (void)gw;
+    pairs_push(&svc->rereg, s->id, s->user);
+}
+
+/* The lease was gone (Redis lost it, and every route with it, or this
+ * gateway was cut off longer than the TTL): register every session again,
+ * in batches.  A list still being sent is replaced by the new one. */
 static void reregister_task(gw_t *gw, void *arg)
 {
     gw_service_t *svc = arg;
 
-    svc->reregistered = 0;
-    gw_sessions_foreach(gw, reregister_one, svc);
-    if (svc->reregistered > 0)
-        im_log_warn("service: session lease was lost: registered %zu sessions again",
-                    svc->reregistered);
+    svc->rereg.n = 0;
+    svc->rereg_retry.n = 0;
+    atomic_store(&svc->rereg_waiting, false);
+    gw_sessions_foreach(gw, rereg_one, svc);
+    if (svc->rereg.n > 0)
+        im_log_warn("service: session lease was lost: registering %zu sessions again",
+                    svc->rereg.n);
+    flush_rereg(svc);
+}
+
+/* The heartbeat after a registration that failed: those sessions again. */
+static void rereg_retry_task(gw_t *gw, void *arg)
+{
+    gw_service_t *svc = arg;
+
+    (void)gw;
+    atomic_store(&svc->rereg_waiting, false);
+    for (size_t i = 0; i < svc->rereg_retry.n; i++)
+        pairs_push(&svc->rereg, svc->rereg_retry.v[2 * i], svc->rereg_retry.v[2 * i + 1]);
+    svc->rereg_retry.n = 0;
+    flush_rereg(svc);
 }
 
 static void *heartbeat_main(void *arg)
@@ -889,6 +989,8 @@ static void *heartbeat_main(void *arg)
                 ok = true;
                 if (((Im__V1__SessionResponse *)resp)->first)
                     gw_post(svc->gw, reregister_task, svc);
+                else if (atomic_load(&svc->rereg_waiting))
+                    gw_post(svc->gw, rereg_retry_task, svc);
                 protobuf_c_message_free_unpacked(resp, NULL);
                 break;
             }
@@ -959,6 +1061,10 @@ static void on_metrics(gw_t *gw, gw_sb_t *out, void *arg)
                  svc->resyncs);
     gw_sb_printf(out, "# TYPE im_gateway_groups_bound gauge\nim_gateway_groups_bound %" PRIu64 "\n",
                  ds.groups);
+    gw_sb_printf(out,
+                 "# TYPE im_gateway_reregistered_sessions_total counter\n"
+                 "im_gateway_reregistered_sessions_total %" PRIu64 "\n",
+                 svc->reregistered);
     {
         char hist[2048];
         size_t n = im_hist_format(&svc->ack_latency, "im_gateway_send_ack_seconds",
@@ -1053,6 +1159,8 @@ void gw_service_free(gw_service_t *svc)
         im_rpc_client_free(svc->clients[i]);
     im_free(svc->connects);
     im_free(svc->disconnects);
+    im_free(svc->rereg.v);
+    im_free(svc->rereg_retry.v);
     for (size_t i = 0; i < svc->n_lanes; i++) {
         for (size_t j = 0; j < svc->lanes[i].n; j++) /* the loop never ran again */
             gw__call_free(svc->lanes[i].q[j]);

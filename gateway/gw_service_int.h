@@ -33,6 +33,12 @@
 
 typedef struct gw_call_s gw_call_t;
 
+/* A growing list of (session id, user) pairs. */
+typedef struct {
+    uint64_t *v;
+    size_t n, cap; /* in pairs */
+} gw_pairs_t;
+
 /* One lane of sends (see gw_service_s.lanes). */
 typedef struct {
     gw_call_t **q; /* waiting, in arrival order */
@@ -69,7 +75,15 @@ struct gw_service_s {
     atomic_bool stopping, logic_ok, deliver_was_up;
     pthread_mutex_t hb_lock;
     pthread_cond_t hb_cond;
-    size_t reregistered; /* sessions registered again by the last reregister_task */
+    /* Sessions to register again after the gateway's lease was lost (Redis
+     * lost its routes, or the gateway was cut off longer than the TTL), as
+     * (id, user) pairs: Session.Connect calls with routes_only, at most
+     * GW_SESSION_BATCH_MAX sessions each and GW_SESSION_CALLS_MAX in flight.
+     * Those that failed wait in rereg_retry for the next heartbeat. */
+    gw_pairs_t rereg, rereg_retry;
+    unsigned rereg_calls;
+    atomic_bool rereg_waiting; /* rereg_retry is not empty: for the heartbeat thread */
+    uint64_t reregistered;     /* counter: sessions registered again */
     im_map_t groups;   /* group id -> gw_members_t */
     /* Counters (loop thread). */
     uint64_t sends, acks, send_errors, delivered, deliveries, resyncs, send_batches;

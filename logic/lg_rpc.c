@@ -468,8 +468,9 @@ static void connect_groups(session_t *s, const Im__V1__SessionBatchRequest *req,
     im_free(users);
 }
 
-/* Connect (online true: Online and Mine) or Disconnect (Offline) for each
- * session of a batch.  Presence goes out after the answer, as for one. */
+/* Connect (online true: Online and Mine, or only Online with routes_only)
+ * or Disconnect (Offline) for each session of a batch.  Presence goes out
+ * after the answer, as for one. */
 static void session_batch(im_rpc_call_t *call, lg_rpc_t *r, bool online)
 {
     const Im__V1__SessionBatchRequest *req =
@@ -519,7 +520,7 @@ static void session_batch(im_rpc_call_t *call, lg_rpc_t *r, bool online)
         if (online ? sres[i].first : sres[i].last)
             notify[n_notify++] = sr->user_id;
     }
-    if (online)
+    if (online && !req->routes_only)
         connect_groups(s, req, res, db_ok);
     resp.results = ptrs;
     resp.n_results = n;

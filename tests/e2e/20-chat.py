@@ -12,13 +12,16 @@ RabbitMQ, MariaDB and Redis.
   - a burst of sends from one client is acked send by send, and reaches
     logic in fewer SendBatch calls than sends;
   - 50 sessions opened at once (registered by Session.Connect) are all
-    ready and routed, and closed at once (Session.Disconnect) all go offline.
+    ready and routed, and closed at once (Session.Disconnect) all go offline;
+  - a gateway whose lease and routes vanished from Redis registers its 300
+    sessions again (batched) at its next heartbeat, and they get messages live.
 
 Usage: 20-chat.py <logic binary> <gateway binary>   (IM_STATE_DIR: infra)
 """
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 import time
 
@@ -462,6 +465,61 @@ async def connect_burst_is_batched(sys_):
     print("     %d sessions opened and closed at once" % STORM, flush=True)
 
 
+def redis_cli(sys_, *args):
+    out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", sys_.env["IM_REDIS_PORT"]] +
+                         [str(a) for a in args], check=True, capture_output=True, text=True)
+    return out.stdout.split()
+
+
+REREG_MANY = 280  # sessions of one user
+REREG_USERS = 20  # users with one session each
+
+
+async def routes_back_after_lease_lost(sys_):
+    """The gateway's lease and its sessions' routes vanish from Redis (as
+    when Redis loses its data): the gateway's next heartbeat finds the lease
+    new and registers all 300 of its sessions again, in batched
+    Session.Connect calls; every route is back, and a message to each user
+    then arrives live on every one of its sessions."""
+    many, peer = sys_.signup("rrmany"), sys_.signup("rrpeer")
+    users = [sys_.signup("rr") for _ in range(REREG_USERS)]
+    gw = sys_.gateways[0]
+    before = gw.metrics()["im_gateway_reregistered_sessions_total"]
+    conns = await asyncio.gather(*(sys_.ws(0, many).__aenter__() for _ in range(REREG_MANY)),
+                                 *(sys_.ws(0, u).__aenter__() for u in users))
+    try:
+        await asyncio.gather(*(ready(ws) for ws in conns))
+        async with sys_.ws(1, peer) as p:
+            await ready(p)
+            leases = redis_cli(sys_, "--scan", "--pattern", "im:gw:*-%d-*" % gw.pid)
+            eq(len(leases), 1, "the gateway's lease (%r)" % leases)
+            redis_cli(sys_, "DEL", leases[0], "im:route:%s" % many["id"],
+                      *("im:route:%s" % u["id"] for u in users))
+            for _ in range(150):  # heartbeats every second
+                back = [int(redis_cli(sys_, "ZCARD", "im:route:%s" % u["id"])[0])
+                        for u in [many] + users]
+                if back == [REREG_MANY] + [1] * REREG_USERS:
+                    break
+                await asyncio.sleep(0.1)
+            eq(back, [REREG_MANY] + [1] * REREG_USERS, "routes registered again")
+            after = gw.metrics()["im_gateway_reregistered_sessions_total"]
+            true(after - before >= REREG_MANY + REREG_USERS,
+                 "sessions registered again counted (%r)" % (after - before))
+            for i, u in enumerate([many] + users):
+                await send(p, "rr-%d" % i, "again %d" % i, user=u["id"])
+                await recv_type(p, "ack")
+            got = await asyncio.gather(*(recv_type(ws, "msg") for ws in conns),
+                                       return_exceptions=True)
+            missed = [i for i, m in enumerate(got) if isinstance(m, BaseException)]
+            eq(missed, [], "sessions without their message live")
+            for i, m in enumerate(got):
+                want = 0 if i < REREG_MANY else i - REREG_MANY + 1
+                eq(m["body"], "again %d" % want, "live to session %d" % i)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    print("     %d sessions registered again" % (REREG_MANY + REREG_USERS), flush=True)
+
+
 async def stop_with_sessions(sys_):
     """A gateway stopped (SIGTERM) while its sessions are open: each client
     gets 1001, the gateway exits 0, and logic hears the sessions go (the
@@ -543,7 +601,7 @@ def main():
     with System(logic_bin, gateway_bin, n_logic=2, n_gateways=2) as sys_:
         for test in (direct_and_multi_device, group_chat, offline_sync, bad_input, verbatim,
                      deleted_account, connect_storm, metrics_move, send_burst_is_batched,
-                     connect_burst_is_batched, stop_with_sessions):
+                     connect_burst_is_batched, routes_back_after_lease_lost, stop_with_sessions):
             asyncio.run(test(sys_))
             print("ok  ", test.__name__, flush=True)
     with System(logic_bin, gateway_bin, gateway_args=("--rpc-timeout", "1s")) as sys_:
