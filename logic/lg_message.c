@@ -88,7 +88,10 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
  * "pending"; 0, the key's value when not claimed; 2, "" when the sender's
  * account is deleted; 3, "<id> <conv> <seq> <ts>" when the key was "sending"
  * that message with its lease over: this call now holds it and publishes that
- * same message again}.  A sender's mark is read once per call. */
+ * same message again; 5, Redis's error when the key is not a string}.  A
+ * sender's mark is read once per call.  The SETs are pcalls: an error must not
+ * abort the script after it claimed keys with seqs that seq_store() has not
+ * written yet (Redis keeps a script's writes up to an error). */
 static const char claim_lua[] = LG_SEQ_LUA
     "local v = redis.call('GET', KEYS[1]) or ''\n"
     "local rid, untl = string.match(v, '^(%S+) (%d+)$')\n"
@@ -106,13 +109,15 @@ static const char claim_lua[] = LG_SEQ_LUA
     "    local n = fast and seq_peek(st, KEYS[i + 2], ARGV[2]) or nil\n"
     "    local cur\n"
     "    if n then\n"
-    "      cur = redis.call('SET', key, 'sending ' .. ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' ..\n"
-    "                       n .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[6],\n"
-    "                       'NX', 'PX', ARGV[5], 'GET')\n"
+    "      cur = redis.pcall('SET', key, 'sending ' .. ARGV[a] .. ' ' .. ARGV[a + 1] .. ' ' ..\n"
+    "                        n .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[6],\n"
+    "                        'NX', 'PX', ARGV[5], 'GET')\n"
     "    else\n"
-    "      cur = redis.call('SET', key, 'pending', 'NX', 'PX', ARGV[1], 'GET')\n"
+    "      cur = redis.pcall('SET', key, 'pending', 'NX', 'PX', ARGV[1], 'GET')\n"
     "    end\n"
-    "    if not cur then\n"
+    "    if type(cur) == 'table' and cur.err then\n"
+    "      code = 5; val = cur.err\n"
+    "    elseif not cur then\n"
     "      if n then seq_take(st, KEYS[i + 2]); code = 4; val = n else code = 1 end\n"
     "    else\n"
     "      local rec, lease = string.match(cur, '^sending (.+) (%d+)$')\n"
@@ -633,6 +638,9 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
             take_over(b->sh, it, value, now_ms + lease_ms(b->sh));
         } else if (got == 2) {
             refuse(b->sh, it, IM_RPC_PERMISSION_DENIED, "user_deleted: this account was deleted");
+        } else if (got == 5) {
+            im_log_error("send: dedup key %s: %s", it->key, value ? value : "?");
+            refuse(b->sh, it, IM_RPC_INTERNAL, "internal: the dedup record is unusable");
         } else if (value == NULL || strcmp(value, "pending") == 0 || !dup_from_record(it, value)) {
             refuse(b->sh, it, IM_RPC_ABORTED,
                    "in_progress: the same message is being sent, retry");
@@ -647,7 +655,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         if (any_go) {
             uint64_t check = since && *since ? strtoull(since, NULL, 10) : check_until(m, run_id);
 
-            *check_db = im_wall_ms() < check;
+            *check_db = now_ms < check; /* the script's clock: its choice of path */
         }
     }
     im_redis_reply_free(rep);

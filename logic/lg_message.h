@@ -23,10 +23,12 @@
  * Conversations: "d:<lower id>:<higher id>" (direct), "g:<group id>".
  *
  * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, 24 h TTL.  It is
- * claimed "pending" (SET NX, LG_DEDUP_PENDING_MS) before anything is assigned;
- * once the id and seq are, and BEFORE the publish, it becomes "sending <id>
- * <conv> <seq> <ts> <lease until>"; after the confirm and before the answer,
- * the record "<id> <conv> <seq> <ts>".  A retry that finds the record answers
+ * claimed BEFORE the publish as "sending <id> <conv> <seq> <ts> <lease
+ * until>" (SET NX GET, taking the conversation's seq in the same script, which
+ * needs Redis >= 7.0), or, when the seq needs MySQL or Redis may have lost
+ * records, first as "pending" (LG_DEDUP_PENDING_MS) and as "sending" once the
+ * seq is known; after the confirm and before the answer, the record "<id>
+ * <conv> <seq> <ts>".  A retry that finds the record answers
  * the original id, conv and seq with duplicate = true; one that finds
  * "pending" or a "sending" whose lease is running answers ABORTED.  A publish
  * whose outcome is unknown (nack, connection lost before the confirm, this

@@ -83,13 +83,15 @@ void lg_seq_key(const char *conv, char out[LG_SEQ_KEY_MAX]);
  *   seq_store(st)              writes the counters of the hashes taken from.
  * Peeks without a take hand out nothing; a hash that gave nil keeps giving nil
  * in that script, so what the caller takes later through lg_seq_next() comes
- * after what the script handed out.  Counters are written with %.0f, exact
+ * after what the script handed out.  A key that is not a hash gives nil (a
+ * pcall: the script goes on, and lg_seq_next() reports the error).  Counters are written with %.0f, exact
  * below 2^53 (Lua's default number format keeps only 14 digits). */
 #define LG_SEQ_LUA                                                                         \
     "local function seq_peek(st, k, rid)\n"                                              \
     "  local s = st[k]\n"                                                                \
     "  if s == nil then\n"                                                               \
-    "    local v = redis.call('HMGET', k, 'n', 'c', 'r')\n"                              \
+    "    local v = redis.pcall('HMGET', k, 'n', 'c', 'r')\n"                             \
+    "    if v.err then v = {false} end\n"                                                \
     "    s = {ok = v[1] ~= false and v[3] == rid, n = tonumber(v[1] or '0'),\n"          \
     "         c = tonumber(v[2] or '0'), dirty = false}\n"                               \
     "    st[k] = s\n"                                                                    \

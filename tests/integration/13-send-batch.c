@@ -520,6 +520,43 @@ TEST(lease_running_out_mid_batch_keeps_seqs_consecutive)
     batch_free(bt);
 }
 
+/* A dedup key that is not a string (written by something else): its send is
+ * refused INTERNAL, and the claim script goes on, so the sends before and after
+ * it in the batch keep their seqs and no seq is handed out twice. */
+TEST(a_broken_dedup_key_fails_its_send_only)
+{
+    uint64_t a = it_new_user(&lg, "bdk"), b = it_new_user(&lg, "bdk");
+    batch_t *bt = batch_new(3);
+    Im__V1__SendBatchResponse *r;
+    Im__V1__SendResponse *first, *next;
+    Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
+    char msg[256], *window = it_dedup_window_set(redis, 0);
+
+    one.sender = a;
+    one.to_user = b;
+    one.client_msg_id = "bdk-first";
+    one.body = "bdk-first";
+    ASSERT_EQ(send_one(&one, &first, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_EQ(im_redis_command(redis, NULL, "HSET im:dedup:%" PRIu64 ":bdk-broken x y", a), IM_OK);
+    batch_add(bt, a, b, 0, "bdk-0", NULL);
+    batch_add(bt, a, b, 0, "bdk-broken", NULL);
+    batch_add(bt, a, b, 0, "bdk-2", NULL);
+    r = send_batch_ok(bt);
+    ASSERT_U64_EQ(accepted(r, 0)->seq, first->seq + 1);
+    refused(r, 1, IM_RPC_INTERNAL, "internal");
+    ASSERT_U64_EQ(accepted(r, 2)->seq, first->seq + 2);
+    one.client_msg_id = "bdk-next";
+    one.body = "bdk-next";
+    ASSERT_EQ(send_one(&one, &next, msg, sizeof(msg)), IM_RPC_OK);
+    ASSERT_U64_EQ(next->seq, first->seq + 3);
+    ASSERT_EQ(im_redis_command(redis, NULL, "DEL im:dedup:%" PRIu64 ":bdk-broken", a), IM_OK);
+    it_dedup_window_restore(redis, window);
+    protobuf_c_message_free_unpacked(&next->base, NULL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    protobuf_c_message_free_unpacked(&first->base, NULL);
+    batch_free(bt);
+}
+
 /* (c) The same client message id twice in one batch: the first claims it
  * and is accepted, the second finds the claim pending and is told to retry
  * (ABORTED in_progress), as a concurrent Send would be.  Once recorded, both
@@ -862,6 +899,7 @@ int main(int argc, char **argv)
     RUN(mixed_batch_answers_each_send_as_send_would);
     RUN(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each);
     RUN(lease_running_out_mid_batch_keeps_seqs_consecutive);
+    RUN(a_broken_dedup_key_fails_its_send_only);
     RUN(same_client_msg_id_twice_in_one_batch);
     RUN(batch_size_limit);
     RUN(deliveries_for_one_gateway_travel_as_one_batch_in_seq_order);
