@@ -62,6 +62,9 @@ static const im_cfg_opt_t opts[] = {
     OPT("heartbeat-interval", IM_CFG_DURATION, heartbeat_ms, "10s", 100, 600000,
         "how often this gateway renews its session lease (below logic's --session-ttl / 2)"),
     OPT("sync-limit", IM_CFG_INT, sync_limit, "500", 1, 1000, "messages per sync page"),
+    OPT("send-lanes", IM_CFG_INT, send_lanes, "4", 1, 64,
+        "SendBatch lanes per logic address, each with one call in flight (a conversation "
+        "always takes the same lane); about logic's --grpc-workers"),
 };
 
 const im_cfg_spec_t gw_config_spec = {

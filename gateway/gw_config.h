@@ -42,6 +42,7 @@ typedef struct {
     int64_t rpc_timeout_ms;     /* deadline of each call to logic */
     int64_t heartbeat_ms;       /* Session.Heartbeat period */
     int64_t sync_limit;         /* messages per sync page */
+    int64_t send_lanes;         /* SendBatch lanes per logic address */
 } gw_config_t;
 
 /* The table, for im_cfg_parse / im_cfg_usage. */

@@ -84,12 +84,12 @@ static void send_batch_done(gw_service_t *svc, gw_call_t *bc)
     flush_lane(svc, bc->lane);
 }
 
-/* The lanes, GW_SEND_LANES per logic client, made on first use. */
+/* The lanes, cfg.send_lanes per logic client, made on first use. */
 static void lanes_init(gw_service_t *svc)
 {
     if (svc->lanes != NULL)
         return;
-    svc->n_lanes = GW_SEND_LANES * (svc->n_clients ? svc->n_clients : 1);
+    svc->n_lanes = svc->cfg.send_lanes * (svc->n_clients ? svc->n_clients : 1);
     svc->lanes = im_calloc(svc->n_lanes, sizeof(*svc->lanes));
     svc->client_down_until =
         im_calloc(svc->n_clients ? svc->n_clients : 1, sizeof(*svc->client_down_until));

@@ -45,6 +45,8 @@ gw_service_t *gw_service_new(const gw_service_config_t *cfg)
         svc->cfg.heartbeat_ms = 10000;
     if (svc->cfg.sync_limit == 0)
         svc->cfg.sync_limit = 500;
+    if (svc->cfg.send_lanes == 0)
+        svc->cfg.send_lanes = GW_SEND_LANES;
     make_clients(svc);
     im_map_init(&svc->groups);
     pthread_mutex_init(&svc->hb_lock, NULL);

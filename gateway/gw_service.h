@@ -41,6 +41,7 @@ typedef struct {
     unsigned rpc_timeout_ms;    /* deadline of every call to logic */
     unsigned heartbeat_ms;      /* Session.Heartbeat period (< logic's session TTL / 2) */
     unsigned sync_limit;        /* messages per sync page */
+    unsigned send_lanes;        /* SendBatch lanes per logic address (0: GW_SEND_LANES) */
 } gw_service_config_t;
 
 /* Never NULL.  Copies cfg. */

@@ -98,6 +98,7 @@ static gw_service_t *upstream(const gw_config_t *cfg, gw_hooks_t *hooks)
         .rpc_timeout_ms = (unsigned)cfg->rpc_timeout_ms,
         .heartbeat_ms = (unsigned)cfg->heartbeat_ms,
         .sync_limit = (unsigned)cfg->sync_limit,
+        .send_lanes = (unsigned)cfg->send_lanes,
     };
     gw_service_t *svc;
 
