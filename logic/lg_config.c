@@ -23,6 +23,9 @@ static const im_cfg_opt_t opts[] = {
     OPT("max-body", IM_CFG_SIZE, max_body, "4KiB", 1, 1048576, "largest message body"),
     OPT("publish-timeout", IM_CFG_DURATION, publish_timeout_ms, "5s", 100, 600000,
         "longest a send waits for the broker before it fails (the client retries)"),
+    OPT("dedup-ttl", IM_CFG_DURATION, dedup_ttl_ms, "24h", 60000, 604800000,
+        "how long a sent message's dedup record stays in Redis: a retry of the same "
+        "client_msg_id within it is answered with the original (~250 bytes of Redis each)"),
     OPT("publish-window", IM_CFG_INT, publish_window, "256", 1, 65535,
         "persistent publishes awaiting their confirm at once"),
     OPT("session-ttl", IM_CFG_DURATION, session_ttl_ms, "30s", 1000, 3600000,

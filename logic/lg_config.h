@@ -29,6 +29,7 @@ typedef struct {
     const char *queue;       /* the durable message queue the writer drains */
     int64_t max_body;        /* bytes of a message body */
     int64_t publish_timeout_ms; /* longest a Send waits to reach the broker */
+    int64_t dedup_ttl_ms;    /* life of a sent message's dedup record in Redis */
     int64_t publish_window;  /* unconfirmed publishes in flight */
     int64_t session_ttl_ms;  /* gateway lease: sessions expire this long after
                                 their gateway's last heartbeat */

@@ -205,6 +205,8 @@ lg_message_shared_t *lg_message_shared_new(const lg_message_config_t *cfg)
     lg_message_shared_t *sh = im_calloc(1, sizeof(*sh));
 
     sh->cfg = *cfg;
+    if (sh->cfg.dedup_ttl_ms == 0)
+        sh->cfg.dedup_ttl_ms = LG_DEDUP_TTL_MS;
     sh->unconfirmed = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(unconfirmed_lua);
     for (size_t i = 0; i < LG_SEND_STRIPES; i++)
         pthread_mutex_init(&sh->stripes[i], NULL);
@@ -464,13 +466,13 @@ static bool dup_from_record(item_t *it, const char *rec)
  * in LG_DEDUP_SINCE_KEY for the run.  On a database error: 24 h from now. */
 static uint64_t check_until(lg_message_t *m, const char *run_id)
 {
-    uint64_t until = im_wall_ms() + LG_DEDUP_TTL_MS;
+    uint64_t until = im_wall_ms() + m->sh->cfg.dedup_ttl_ms;
     im_err_t rc = im_mysql_stmt_exec(m->newest);
     char value[96];
 
     if (rc == IM_OK && (rc = im_mysql_stmt_next(m->newest)) == IM_OK) {
         uint64_t newest = im_mysql_col_u64(m->newest, 0);
-        until = newest ? im_id_unix_ms(newest) + LG_DEDUP_TTL_MS : 0;
+        until = newest ? im_id_unix_ms(newest) + m->sh->cfg.dedup_ttl_ms : 0;
     }
     im_log_info("send: redis run %.8s: dedup is also checked in MySQL until %" PRIu64
                 " (unix ms)", run_id, until);
@@ -591,7 +593,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_PENDING_MS);
     snprintf(now, sizeof(now), "%" PRIu64, now_ms);
     snprintf(lease, sizeof(lease), "%u", lease_ms(m->sh));
-    snprintf(sending_ttl, sizeof(sending_ttl), "%d", LG_DEDUP_TTL_MS);
+    snprintf(sending_ttl, sizeof(sending_ttl), "%" PRIu64, m->sh->cfg.dedup_ttl_ms);
     snprintf(until, sizeof(until), "%" PRIu64, until_ms);
     if (!im_redis_is_open(m->redis))
         im_redis_reconnect(m->redis);
@@ -781,7 +783,7 @@ static void record_outcome(batch_t *b, bool ok)
         char ttl[16];
         im_err_t rc;
 
-        snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+        snprintf(ttl, sizeof(ttl), "%" PRIu64, b->sh->cfg.dedup_ttl_ms);
         args[b->n_go] = ttl;
         for (size_t i = 0; i < b->n && k < b->n_go; i++) {
             item_t *it = &b->items[i];
@@ -816,7 +818,7 @@ static void record_outcome(batch_t *b, bool ok)
             continue;
         snprintf(rec, sizeof(rec), "%" PRIu64 " %s %" PRIu64 " %" PRId64, it->msg.id, it->conv,
                  it->msg.seq, it->msg.created_at_ms);
-        rc = im_redis_append(r, "SET %s %s PX %d", it->key, rec, LG_DEDUP_TTL_MS);
+        rc = im_redis_append(r, "SET %s %s PX %" PRIu64, it->key, rec, b->sh->cfg.dedup_ttl_ms);
         queued += rc == IM_OK;
     }
     for (size_t i = 0; i < queued; i++) {
@@ -1015,7 +1017,7 @@ static void mark_sending(lg_message_t *m, batch_t *b)
         return;
     args = im_malloc((2 * k + 1) * sizeof(*args));
     recs = im_malloc(k * sizeof(*recs));
-    snprintf(ttl, sizeof(ttl), "%d", LG_DEDUP_TTL_MS);
+    snprintf(ttl, sizeof(ttl), "%" PRIu64, m->sh->cfg.dedup_ttl_ms);
     args[k] = ttl;
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];

@@ -22,7 +22,7 @@
  *
  * Conversations: "d:<lower id>:<higher id>" (direct), "g:<group id>".
  *
- * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, 24 h TTL.  It is
+ * Dedup: Redis key im:dedup:<sender>:<client_msg_id>, dedup_ttl_ms (24 h).  It is
  * claimed BEFORE the publish as "sending <id> <conv> <seq> <ts> <lease
  * until>" (SET NX GET, taking the conversation's seq in the same script, which
  * needs Redis >= 7.0), or, when the seq needs MySQL or Redis may have lost
@@ -94,7 +94,7 @@
 #define LG_CLIENT_MSG_ID_MAX 64
 #define LG_SEND_BATCH_MAX 1000
 #define LG_SEND_STRIPES 64 /* locks keeping a conversation's seq and publish in order */
-#define LG_DEDUP_TTL_MS (24 * 3600 * 1000)
+#define LG_DEDUP_TTL_MS (24 * 3600 * 1000) /* the default of --dedup-ttl */
 #define LG_DEDUP_PENDING_MS 60000 /* a claim not yet turned into a "sending" record */
 #define LG_DEDUP_SINCE_KEY "im:dedup:since"
 
@@ -102,6 +102,7 @@ typedef struct {
     const char *queue;            /* durable queue of ChatBatch messages (borrowed) */
     size_t max_body;              /* bytes */
     unsigned publish_timeout_ms;  /* longest wait to be sent to the broker */
+    uint64_t dedup_ttl_ms;        /* life of a dedup record (0: LG_DEDUP_TTL_MS) */
     lg_publisher_t *publisher;    /* borrowed, started */
     im_idgen_t *ids;              /* borrowed */
     im_redis_config_t redis;      /* for the publisher-thread connection; strings borrowed */

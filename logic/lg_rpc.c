@@ -674,6 +674,7 @@ lg_rpc_t *lg_rpc_new(const lg_rpc_config_t *cfg)
         .queue = cfg->queue,
         .max_body = cfg->max_body,
         .publish_timeout_ms = cfg->publish_timeout_ms,
+        .dedup_ttl_ms = cfg->dedup_ttl_ms,
         .publisher = cfg->publisher,
         .ids = cfg->ids,
         .redis = cfg->redis,

@@ -48,6 +48,7 @@ typedef struct {
     const char *queue;        /* durable queue of accepted messages */
     size_t max_body;          /* bytes of a message body */
     unsigned publish_timeout_ms;
+    uint64_t dedup_ttl_ms;    /* dedup records' life in Redis; 0: LG_DEDUP_TTL_MS */
     int64_t session_ttl_ms;   /* gateway lease (lg_session.h) */
     uint64_t seq_step;        /* lg_seq lease size; 0: default */
 } lg_rpc_config_t;

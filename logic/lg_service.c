@@ -108,6 +108,7 @@ static bool rpc_setup(lg_service_t *s)
         .queue = cfg->queue,
         .max_body = (size_t)cfg->max_body,
         .publish_timeout_ms = (unsigned)cfg->publish_timeout_ms,
+        .dedup_ttl_ms = (uint64_t)cfg->dedup_ttl_ms,
         .session_ttl_ms = cfg->session_ttl_ms,
     };
 

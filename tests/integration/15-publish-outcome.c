@@ -352,13 +352,24 @@ TEST(sending_records_lease_takeover_and_reuse)
     ASSERT_TRUE(!it_starts_with(v, "sending"));
     free(v);
     /* A plain send writes "sending" before it publishes and the record
-     * after: nothing of the first is left once it is acked. */
+     * after: nothing of the first is left once it is acked.  The record
+     * lives --dedup-ttl (1h here, not the default day). */
     ASSERT_EQ(it_send(&lg, a, b, 0, "plain", "plain", &r, msg, sizeof(msg)), IM_RPC_OK);
     v = dedup_value(a, "plain");
     ASSERT_NOT_NULL(v);
     ASSERT_TRUE(it_starts_with(v, "sending") == false);
     ASSERT_TRUE(r->id > 0 && strstr(v, conv) != NULL);
     free(v);
+    {
+        im_redis_reply_t *rep = NULL;
+        long long ttl;
+
+        ASSERT_EQ(im_redis_command(redis, &rep, "PTTL im:dedup:%" PRIu64 ":plain", a), IM_OK);
+        ttl = im_redis_reply_int(rep);
+        im_redis_reply_free(rep);
+        if (ttl <= 3500 * 1000 || ttl > 3600 * 1000)
+            IM__FAIL("the record's TTL is %lld ms, want about an hour", ttl);
+    }
     protobuf_c_message_free_unpacked(&r->base, NULL);
     it_dedup_window_restore(redis, window);
 }
@@ -371,7 +382,7 @@ static void cleanup(void)
 int main(int argc, char **argv)
 {
     char port[16];
-    const char *extra[] = {"--amqp-host", "127.0.0.1", "--amqp-port", port,
+    const char *extra[] = {"--dedup-ttl", "1h", "--amqp-host", "127.0.0.1", "--amqp-port", port,
                            "--writer-delay", "5ms", NULL};
 
     if (argc < 2) {
