@@ -1089,7 +1089,7 @@ static void unlock_stripes(lg_message_shared_t *sh, uint64_t stripes)
             pthread_mutex_unlock(&sh->stripes[s]);
 }
 
-/* Seqs and ids for the sends claimed "pending", and one persistent publish
+/* Seqs for the sends claimed "pending", and one persistent publish
  * of all to go; the confirm answers the call.  Called under the stripe locks
  * (stripes) of their conversations, which it releases: seqs are taken and
  * the batch submitted under them, and the publisher sends in submit order, so
@@ -1126,9 +1126,7 @@ static bool publish_all(lg_message_t *m, batch_t *b, uint64_t stripes)
             j++;
             continue;
         }
-        it->msg.id = im_id_next(m->sh->cfg.ids);
-        it->msg.seq = seqs[j++];
-        it->msg.created_at_ms = (int64_t)im_wall_ms();
+        it->msg.seq = seqs[j++]; /* its id and time are claim_all()'s */
     }
     mark_sending(m, b);
     for (size_t i = 0; i < b->n; i++)
