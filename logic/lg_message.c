@@ -76,8 +76,9 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
  * mark and KEYS[3i+1] its conversation's seq hash (LG_SEQ_LUA).  ARGV[1] is
  * how long a "pending" claim lasts (ms), ARGV[3] the time (unix ms), ARGV[4]
  * the lease a takeover gets (ms), ARGV[5] how long a "sending" record lasts
- * (ms), ARGV[6] the end of its lease (unix ms), then per send ARGV[3i+4..6]
- * its id, conversation and time.
+ * (ms), ARGV[6] the end of its lease (unix ms), ARGV[7] the seq leases' low
+ * mark (lg_seq_low_mark()), then per send ARGV[3i+5..7] its id, conversation
+ * and time.
  *
  * Outside a check window a send whose conversation has a seq to hand out is
  * claimed straight into "sending <id> <conv> <seq> <ts> <lease end>" (it
@@ -88,7 +89,8 @@ static void user_cache_put(user_cache_t *c, uint64_t id, uint64_t now)
  * "pending"; 0, the key's value when not claimed; 2, "" when the sender's
  * account is deleted; 3, "<id> <conv> <seq> <ts>" when the key was "sending"
  * that message with its lease over: this call now holds it and publishes that
- * same message again; 5, Redis's error when the key is not a string}.  A
+ * same message again; 5, Redis's error when the key is not a string}, then
+ * the seq hash keys whose leases run low (seq_store(): lg_seq_note_low()).  A
  * sender's mark is read once per call.  The SETs are pcalls: an error must not
  * abort the script after it claimed keys with seqs that seq_store() has not
  * written yet (Redis keeps a script's writes up to an error). */
@@ -100,7 +102,7 @@ static const char claim_lua[] = LG_SEQ_LUA
     "local fast = rid == ARGV[2] and tonumber(untl) <= now\n"
     "if rid == ARGV[2] then out[1] = untl end\n"
     "for i = 2, #KEYS, 3 do\n"
-    "  local key, del, a = KEYS[i], KEYS[i + 1], 7 + (i - 2)\n"
+    "  local key, del, a = KEYS[i], KEYS[i + 1], 8 + (i - 2)\n"
     "  local code, val = 0, ''\n"
     "  if gone[del] == nil then gone[del] = redis.call('EXISTS', del) == 1 end\n"
     "  if gone[del] then\n"
@@ -132,7 +134,7 @@ static const char claim_lua[] = LG_SEQ_LUA
     "  end\n"
     "  out[o + 1] = code; out[o + 2] = val; o = o + 2\n"
     "end\n"
-    "seq_store(st)\n"
+    "for _, k in ipairs(seq_store(st, tonumber(ARGV[7]))) do out[#out + 1] = k end\n"
     "return out\n";
 
 /* Deletes the keys (KEYS) that still say "pending": claims this call made
@@ -548,7 +550,7 @@ static void release_keys(lg_message_t *m, char *const *keys, size_t n)
 static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
 {
     size_t k = 0, nargs, nkeys, at = 1;
-    char ttl[16], now[24], lease[16], sending_ttl[16], until[24];
+    char ttl[16], now[24], lease[16], sending_ttl[16], until[24], low[24];
     char (*deleted)[40], (*seqkeys)[LG_SEQ_KEY_MAX], (*nums)[2][24];
     uint64_t now_ms = im_wall_ms(), until_ms = now_ms + lease_ms(m->sh);
     const char **args, *run_id = NULL;
@@ -561,7 +563,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     if (k == 0)
         return;
     nkeys = 1 + 3 * k;
-    nargs = nkeys + 6 + 3 * k;
+    nargs = nkeys + 7 + 3 * k;
     args = im_malloc(nargs * sizeof(*args));
     deleted = im_malloc(k * sizeof(*deleted));
     seqkeys = im_malloc(k * sizeof(*seqkeys));
@@ -569,7 +571,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     args[0] = LG_DEDUP_SINCE_KEY;
     for (size_t i = 0, j = 0; i < b->n; i++) {
         item_t *it = &b->items[i];
-        const char **a = args + nkeys + 6 + 3 * j;
+        const char **a = args + nkeys + 7 + 3 * j;
 
         if (it->code != IM_RPC_OK || it->dup)
             continue;
@@ -595,6 +597,7 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     snprintf(lease, sizeof(lease), "%u", lease_ms(m->sh));
     snprintf(sending_ttl, sizeof(sending_ttl), "%" PRIu64, m->sh->cfg.dedup_ttl_ms);
     snprintf(until, sizeof(until), "%" PRIu64, until_ms);
+    snprintf(low, sizeof(low), "%" PRIu64, lg_seq_low_mark(m->seq));
     if (!im_redis_is_open(m->redis))
         im_redis_reconnect(m->redis);
     rc = im_redis_run_id(m->redis, &run_id);
@@ -604,10 +607,18 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
     args[nkeys + 3] = lease;
     args[nkeys + 4] = sending_ttl;
     args[nkeys + 5] = until;
+    args[nkeys + 6] = low;
     if (rc == IM_OK)
         rc = im_redis_eval(m->redis, &m->claim, (int)nkeys, (int)nargs, args, NULL, &rep);
-    if (rc == IM_OK && im_redis_reply_count(rep) != 1 + 2 * k)
+    if (rc == IM_OK && im_redis_reply_count(rep) < 1 + 2 * k)
         rc = IM_EPARSE;
+    for (size_t i = 1 + 2 * k; rc == IM_OK && i < im_redis_reply_count(rep); i++) {
+        size_t len;
+        const char *key = im_redis_reply_str(im_redis_reply_elem(rep, i), &len);
+
+        if (key != NULL)
+            lg_seq_note_low(m->seq, key, len);
+    }
     if (rc != IM_OK) {
         im_log_warn("send: redis: %s (%s)", im_strerror(rc), im_redis_error(m->redis));
         if (!im_redis_is_open(m->redis))
@@ -1231,6 +1242,9 @@ static void send_calls(lg_message_t *m, im_rpc_call_t *call, bool many)
     }
     if (!publish_all(m, b, stripes))
         answer(b);
+    /* b may be gone.  Leases that ran low are renewed now, after this call's
+     * sends are on their way, so that later ones do not wait for a lease. */
+    lg_seq_prefetch(m->seq);
 }
 
 void lg_message_send(lg_message_t *m, im_rpc_call_t *call)

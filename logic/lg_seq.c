@@ -48,6 +48,7 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "im_alloc.h"
@@ -77,9 +78,10 @@ static const char next_lua[] =
     "return {1, redis.call('HINCRBY', KEYS[1], 'n', 1)}\n";
 
 /* The next script's common case for many hashes at once: KEYS the hashes
- * (repeats allowed), ARGV[1] the run_id.  out[i] is the seq, or 0 when that
- * hash needs init or reserve (nothing consumed; the caller takes the slow
- * path, which finds out which).  Each hash is read once and its counter
+ * (repeats allowed), ARGV[1] the run_id, ARGV[2] the low mark.  out[i] is the
+ * seq, or 0 when that hash needs init or reserve (nothing consumed; the caller
+ * takes the slow path, which finds out which); after the n seqs, the keys
+ * whose leases run low (seq_store()).  Each hash is read once and its counter
  * written once, however often it repeats. */
 static const char next_many_lua[] = LG_SEQ_LUA
     "local out, st = {}, {}\n"
@@ -87,8 +89,20 @@ static const char next_many_lua[] = LG_SEQ_LUA
     "  local n = seq_peek(st, k, ARGV[1])\n"
     "  if n then seq_take(st, k); out[i] = n else out[i] = 0 end\n"
     "end\n"
-    "seq_store(st)\n"
+    "for _, k in ipairs(seq_store(st, tonumber(ARGV[2]))) do out[#out + 1] = k end\n"
     "return out\n";
+
+/* Raises the ceilings of the hashes KEYS[i] of this run (ARGV[1]) to the
+ * committed ARGV[i + 1] where that is higher.  A key that is not a hash is
+ * skipped. */
+static const char raise_lua[] =
+    "for i, k in ipairs(KEYS) do\n"
+    "  local v = redis.pcall('HMGET', k, 'c', 'r')\n"
+    "  if not v.err and v[2] == ARGV[1] and tonumber(ARGV[i + 1]) > tonumber(v[1] or '0') then\n"
+    "    redis.call('HSET', k, 'c', ARGV[i + 1])\n"
+    "  end\n"
+    "end\n"
+    "return 0\n";
 
 /* KEYS[1] the hash, ARGV[1] the run_id, ARGV[2] D. */
 static const char init_lua[] =
@@ -106,7 +120,11 @@ struct lg_seq_s {
     im_mysql_stmt_t *ensure;
     im_mysql_stmt_t *lock;   /* reads D and locks the row */
     im_mysql_stmt_t *store;  /* writes D' */
-    im_redis_script_t next, init, next_many;
+    im_redis_script_t next, init, next_many, raise;
+    /* lg_seq_prefetch(): the conversations noted low, and its statements */
+    char (*low)[CONV_MAX + 1];
+    size_t n_low;
+    im_mysql_stmt_t *bump[IM_MYSQL_IN_SIZES], *read[IM_MYSQL_IN_SIZES];
 };
 
 /* What one call works on: the conversation, its Redis key and the server run. */
@@ -128,6 +146,7 @@ im_err_t lg_seq_new(im_redis_t *redis, im_mysql_t *db, uint64_t step, lg_seq_t *
     s->next = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(next_lua);
     s->init = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(init_lua);
     s->next_many = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(next_many_lua);
+    s->raise = (im_redis_script_t)IM_REDIS_SCRIPT_INIT(raise_lua);
     err = im_mysql_prepare(db,
                            "INSERT INTO conv_seq_reserve (conv_id, reserved_upto) VALUES (?, 0)"
                            " ON DUPLICATE KEY UPDATE reserved_upto = reserved_upto",
@@ -156,6 +175,11 @@ void lg_seq_free(lg_seq_t *s)
     im_mysql_stmt_free(s->ensure);
     im_mysql_stmt_free(s->lock);
     im_mysql_stmt_free(s->store);
+    for (size_t i = 0; i < IM_MYSQL_IN_SIZES; i++) {
+        im_mysql_stmt_free(s->bump[i]);
+        im_mysql_stmt_free(s->read[i]);
+    }
+    im_free(s->low);
     im_free(s);
 }
 
@@ -349,8 +373,8 @@ im_err_t lg_seq_next(lg_seq_t *s, const char *conv, uint64_t *out)
 static void next_many_fast(lg_seq_t *s, const char *const *convs, size_t n, uint64_t *out)
 {
     size_t keylen = sizeof(KEY_PREFIX) + CONV_MAX;
-    char *keys = im_malloc(n * keylen);
-    const char **args = im_malloc((n + 1) * sizeof(*args));
+    char *keys = im_malloc(n * keylen), low[U64_DIGITS];
+    const char **args = im_malloc((n + 2) * sizeof(*args));
     im_redis_reply_t *rep = NULL;
     const char *run_id;
     size_t nkeys = 0;
@@ -365,14 +389,24 @@ static void next_many_fast(lg_seq_t *s, const char *const *convs, size_t n, uint
         snprintf(keys + nkeys * keylen, keylen, KEY_PREFIX "%s", convs[i]);
         nkeys++;
     }
+    snprintf(low, sizeof(low), "%" PRIu64, lg_seq_low_mark(s));
     if (nkeys == n && im_redis_run_id(s->redis, &run_id) == IM_OK) {
         args[n] = run_id;
-        if (im_redis_eval(s->redis, &s->next_many, (int)n, (int)n + 1, args, NULL, &rep) ==
+        args[n + 1] = low;
+        if (im_redis_eval(s->redis, &s->next_many, (int)n, (int)n + 2, args, NULL, &rep) ==
                 IM_OK &&
-            im_redis_reply_count(rep) == n)
+            im_redis_reply_count(rep) >= n) {
             for (size_t i = 0; i < n; i++)
                 if (im_redis_reply_u64(im_redis_reply_elem(rep, i), &out[i]) != IM_OK)
                     out[i] = 0;
+            for (size_t i = n; i < im_redis_reply_count(rep); i++) {
+                size_t len;
+                const char *key = im_redis_reply_str(im_redis_reply_elem(rep, i), &len);
+
+                if (key != NULL)
+                    lg_seq_note_low(s, key, len);
+            }
+        }
         im_redis_reply_free(rep);
     }
     im_free(args);
@@ -409,4 +443,147 @@ size_t lg_seq_next_many(lg_seq_t *s, const char *const *convs, size_t n, uint64_
         }
     }
     return failed;
+}
+
+/* ---------------------------------------------------------------- early renewal */
+
+uint64_t lg_seq_low_mark(const lg_seq_t *s)
+{
+    return s->step / 2;
+}
+
+void lg_seq_note_low(lg_seq_t *s, const char *key, size_t len)
+{
+    size_t plen = sizeof(KEY_PREFIX) - 1;
+
+    if (len <= plen || len - plen > CONV_MAX || memcmp(key, KEY_PREFIX, plen) != 0 ||
+        s->n_low == LG_SEQ_PREFETCH_MAX)
+        return;
+    if (s->low == NULL)
+        s->low = im_malloc(LG_SEQ_PREFETCH_MAX * sizeof(*s->low));
+    memcpy(s->low[s->n_low], key + plen, len - plen);
+    s->low[s->n_low++][len - plen] = '\0';
+}
+
+static int conv_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Binds step and convs[0..n) to the IN statement of rows places (the rest
+ * repeat the first conv) and runs it. */
+static im_err_t exec_in(lg_seq_t *s, im_mysql_stmt_t *st, size_t rows, bool with_step,
+                        char (*convs)[CONV_MAX + 1], size_t n)
+{
+    unsigned at = 0;
+
+    if (with_step)
+        im_mysql_bind_u64(st, at++, s->step);
+    for (size_t i = 0; i < rows; i++) {
+        const char *c = convs[i < n ? i : 0];
+
+        im_mysql_bind_str(st, at++, c, strlen(c));
+    }
+    return im_mysql_stmt_exec(st);
+}
+
+/* One transaction: each of convs[0..n) (n <= IM_MYSQL_IN_MAX, sorted, so that
+ * row locks are taken in one order everywhere) gets a further step; their new
+ * reserved_upto go into upto[i] (0 for a conversation without a row). */
+static im_err_t bump_tx(lg_seq_t *s, char (*convs)[CONV_MAX + 1], size_t n, uint64_t *upto)
+{
+    im_mysql_stmt_t *st;
+    size_t rows;
+    im_err_t err;
+
+    memset(upto, 0, n * sizeof(*upto));
+    err = im_mysql_in_stmt(s->db, s->bump,
+                           "UPDATE conv_seq_reserve SET reserved_upto = reserved_upto + ?"
+                           " WHERE conv_id IN (",
+                           "?", n, ")", &st, &rows);
+    if (err == IM_OK)
+        err = exec_in(s, st, rows, true, convs, n);
+    if (err == IM_OK)
+        err = im_mysql_in_stmt(s->db, s->read,
+                               "SELECT conv_id, reserved_upto FROM conv_seq_reserve"
+                               " WHERE conv_id IN (",
+                               "?", n, ")", &st, &rows);
+    if (err == IM_OK)
+        err = exec_in(s, st, rows, false, convs, n);
+    while (err == IM_OK && (err = im_mysql_stmt_next(st)) == IM_OK) {
+        const char *conv = im_mysql_col_str(st, 0, NULL);
+        char(*hit)[CONV_MAX + 1] = bsearch(conv, convs, n, sizeof(*convs), conv_cmp);
+
+        if (hit != NULL)
+            upto[hit - convs] = im_mysql_col_u64(st, 1);
+    }
+    return err == IM_ENOENT ? IM_OK : err;
+}
+
+/* Renews the leases of convs[0..n) (as bump_tx) and raises their ceilings;
+ * returns how many it raised, or 0 with *errp set on failure. */
+static size_t prefetch_chunk(lg_seq_t *s, char (*convs)[CONV_MAX + 1], size_t n, im_err_t *errp)
+{
+    uint64_t upto[IM_MYSQL_IN_MAX];
+    char keys[IM_MYSQL_IN_MAX][sizeof(KEY_PREFIX) + CONV_MAX], nums[IM_MYSQL_IN_MAX][U64_DIGITS];
+    const char *args[2 * IM_MYSQL_IN_MAX + 1];
+    const char *run_id;
+    size_t k = 0;
+    im_err_t err = im_mysql_begin(s->db);
+
+    if (err == IM_OK) {
+        err = bump_tx(s, convs, n, upto);
+        if (err == IM_OK)
+            err = im_mysql_commit(s->db);
+        else
+            im_mysql_rollback(s->db);
+    }
+    if (err == IM_OK)
+        err = im_redis_run_id(s->redis, &run_id);
+    if (err != IM_OK) {
+        *errp = err;
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (upto[i] == 0)
+            continue;
+        snprintf(keys[k], sizeof(keys[k]), KEY_PREFIX "%s", convs[i]);
+        snprintf(nums[k], sizeof(nums[k]), "%" PRIu64, upto[i]);
+        k++;
+    }
+    for (size_t i = 0; i < k; i++) {
+        args[i] = keys[i];
+        args[k + 1 + i] = nums[i];
+    }
+    args[k] = run_id;
+    if (k > 0 && (err = im_redis_eval(s->redis, &s->raise, (int)k, (int)(2 * k + 1), args, NULL,
+                                      NULL)) != IM_OK) {
+        *errp = err;
+        return 0;
+    }
+    return k;
+}
+
+size_t lg_seq_prefetch(lg_seq_t *s)
+{
+    size_t n = 0, raised = 0;
+    im_err_t err = IM_OK;
+
+    if (s->n_low == 0)
+        return 0;
+    qsort(s->low, s->n_low, sizeof(*s->low), conv_cmp);
+    for (size_t i = 0; i < s->n_low; i++)
+        if (n == 0 || strcmp(s->low[n - 1], s->low[i]) != 0)
+            memmove(s->low[n++], s->low[i], sizeof(*s->low));
+    s->n_low = 0;
+    for (size_t done = 0; done < n && err == IM_OK; done += IM_MYSQL_IN_MAX) {
+        size_t chunk = n - done < IM_MYSQL_IN_MAX ? n - done : IM_MYSQL_IN_MAX;
+
+        raised += prefetch_chunk(s, s->low + done, chunk, &err);
+    }
+    if (err != IM_OK)
+        im_log_warn("lg_seq: renewing %zu leases early: %s (redis: %s; mysql: %s); they are "
+                    "renewed when they run out",
+                    n - raised, im_strerror(err), im_redis_error(s->redis), im_mysql_error(s->db));
+    return raised;
 }

@@ -18,7 +18,8 @@
  * reserved_upto, and a counter lost in Redis restarts from reserved_upto.
  *
  * Redis memory: one hash per conversation that ever had a message, key
- * "im:seq:<conv_id>", fields n (counter), c (ceiling), r (Redis run_id), no TTL:
+ * "im:seq:<conv_id>", fields n (counter), c (ceiling), r (Redis run_id) and, once
+ * a lease was renewed early, p (the ceiling the renewal was asked for), no TTL:
  * about 150 bytes per conversation (MEMORY USAGE, redis 7.0, 20-byte conv_id),
  * 150 MB per million conversations.
  */
@@ -80,20 +81,25 @@ void lg_seq_key(const char *conv, char out[LG_SEQ_KEY_MAX]);
  *                              next as a string, or nil when it needs init or
  *                              reserve: lg_seq_next()'s job, after the script;
  *   seq_take(st, key)          the peeked seq is used;
- *   seq_store(st)              writes the counters of the hashes taken from.
+ *   seq_store(st, low)         writes the counters of the hashes taken from,
+ *                              and returns the keys of those left with fewer
+ *                              than low seqs in their lease that nobody asked
+ *                              to renew yet (field p: the ceiling a renewal was
+ *                              asked for): pass them to lg_seq_note_low().
  * Peeks without a take hand out nothing; a hash that gave nil keeps giving nil
  * in that script, so what the caller takes later through lg_seq_next() comes
  * after what the script handed out.  A key that is not a hash gives nil (a
- * pcall: the script goes on, and lg_seq_next() reports the error).  Counters are written with %.0f, exact
- * below 2^53 (Lua's default number format keeps only 14 digits). */
+ * pcall: the script goes on, and lg_seq_next() reports the error).  Counters
+ * are written with %.0f, exact below 2^53 (Lua's default number format keeps
+ * only 14 digits). */
 #define LG_SEQ_LUA                                                                         \
     "local function seq_peek(st, k, rid)\n"                                              \
     "  local s = st[k]\n"                                                                \
     "  if s == nil then\n"                                                               \
-    "    local v = redis.pcall('HMGET', k, 'n', 'c', 'r')\n"                             \
+    "    local v = redis.pcall('HMGET', k, 'n', 'c', 'r', 'p')\n"                        \
     "    if v.err then v = {false} end\n"                                                \
     "    s = {ok = v[1] ~= false and v[3] == rid, n = tonumber(v[1] or '0'),\n"          \
-    "         c = tonumber(v[2] or '0'), dirty = false}\n"                               \
+    "         c = tonumber(v[2] or '0'), p = v[4], dirty = false}\n"                     \
     "    st[k] = s\n"                                                                    \
     "  end\n"                                                                            \
     "  if s.ok and s.n < s.c then return string.format('%.0f', s.n + 1) end\n"           \
@@ -101,10 +107,39 @@ void lg_seq_key(const char *conv, char out[LG_SEQ_KEY_MAX]);
     "  return nil\n"                                                                     \
     "end\n"                                                                              \
     "local function seq_take(st, k) st[k].n = st[k].n + 1; st[k].dirty = true end\n"     \
-    "local function seq_store(st)\n"                                                     \
+    "local function seq_store(st, low)\n"                                                \
+    "  local keys = {}\n"                                                                \
     "  for k, s in pairs(st) do\n"                                                       \
-    "    if s.dirty then redis.call('HSET', k, 'n', string.format('%.0f', s.n)) end\n"   \
+    "    if s.dirty then\n"                                                              \
+    "      local n, c = string.format('%.0f', s.n), string.format('%.0f', s.c)\n"        \
+    "      if s.c - s.n < low and s.p ~= c then\n"                                       \
+    "        redis.call('HSET', k, 'n', n, 'p', c); keys[#keys + 1] = k\n"               \
+    "      else\n"                                                                       \
+    "        redis.call('HSET', k, 'n', n)\n"                                            \
+    "      end\n"                                                                        \
+    "    end\n"                                                                          \
     "  end\n"                                                                            \
+    "  return keys\n"                                                                    \
     "end\n"
+
+/* How few seqs a lease may have left before seq_store() reports it (ARGV for
+ * its low): half a step. */
+uint64_t lg_seq_low_mark(const lg_seq_t *s);
+
+/* Notes the conversation of a seq hash key that seq_store() reported, for the
+ * next lg_seq_prefetch().  At most LG_SEQ_PREFETCH_MAX are kept; beyond that
+ * (or when the renewal fails) the lease is renewed the usual way, when it has
+ * run out.  Keys not from lg_seq_key() are ignored. */
+#define LG_SEQ_PREFETCH_MAX 4096
+void lg_seq_note_low(lg_seq_t *s, const char *key, size_t len);
+
+/* Renews, before they run out, the leases of the conversations noted since the
+ * last call: one MariaDB transaction per 64 conversations reserves a further
+ * step for each, then one script raises their ceilings in Redis, so a busy
+ * conversation never waits for its lease (Leaf's segment prefetch).  Call it
+ * off the path of a waiting reply, holding no locks: it waits for a commit.
+ * Returns how many ceilings it raised; failures are logged, and those leases
+ * are renewed when they run out. */
+size_t lg_seq_prefetch(lg_seq_t *s);
 
 #endif

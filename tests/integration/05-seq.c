@@ -586,6 +586,94 @@ TEST(seq_next_many_crosses_leases_mid_array)
     lg_seq_free(s);
 }
 
+/* The ceiling field of conv's hash. */
+static uint64_t ceiling(const char *conv)
+{
+    im_redis_reply_t *rep;
+    uint64_t c = 0;
+
+    ASSERT_EQ(im_redis_command(rd, &rep, "HGET im:seq:%s c", conv), IM_OK);
+    ASSERT_EQ(im_redis_reply_u64(rep, &c), IM_OK);
+    im_redis_reply_free(rep);
+    return c;
+}
+
+/* Takes n seqs of conv one call each, checking each is *last + 1. */
+static void many_one_by_one(lg_seq_t *s, const char *conv, unsigned n, uint64_t *last)
+{
+    const char *convs[1] = {conv};
+    uint64_t out[1];
+    im_err_t errs[1];
+
+    for (unsigned i = 0; i < n; i++) {
+        next_many(s, convs, 1, out, errs, 0);
+        if (out[0] != *last + 1)
+            IM__FAIL("%s: seq %" PRIu64 " after %" PRIu64, conv, out[0], *last);
+        *last = out[0];
+    }
+}
+
+/* A lease with fewer than half a step left is reported once per ceiling, to
+ * the allocator that took the seq, and lg_seq_prefetch() reserves the next
+ * step and raises the ceiling before the lease runs out: seqs go on by one
+ * across the old ceiling without waiting for a reserve. */
+TEST(seq_next_many_renews_a_low_lease_early)
+{
+    char x[64];
+    uint64_t last = 0;
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP), *other = seq_new(rd2, db2, SMALL_STEP);
+
+    conv_name(x, sizeof(x), "renew");
+    ASSERT_U64_EQ(next(s, x), 1); /* init + reserve: c = 10 */
+    last = 1;
+    ASSERT_U64_EQ(ceiling(x), SMALL_STEP);
+    many_one_by_one(s, x, 4, &last); /* n = 5: 5 left, not low yet */
+    ASSERT_EQ(lg_seq_prefetch(s), 0);
+    ASSERT_U64_EQ(reserved_upto(x), SMALL_STEP);
+    many_one_by_one(s, x, 1, &last); /* n = 6: 4 left */
+    many_one_by_one(other, x, 1, &last); /* the same ceiling: not reported again */
+    ASSERT_EQ(lg_seq_prefetch(other), 0);
+    ASSERT_U64_EQ(ceiling(x), SMALL_STEP);
+    ASSERT_EQ(lg_seq_prefetch(s), 1);
+    ASSERT_U64_EQ(reserved_upto(x), 2 * SMALL_STEP);
+    ASSERT_U64_EQ(ceiling(x), 2 * SMALL_STEP);
+    ASSERT_EQ(lg_seq_prefetch(s), 0); /* nothing noted since */
+    /* Through the old ceiling without a reserve: reserved_upto stays. */
+    many_one_by_one(s, x, SMALL_STEP - 2, &last); /* n = 15: 5 left */
+    ASSERT_U64_EQ(last, SMALL_STEP + 5);
+    ASSERT_U64_EQ(reserved_upto(x), 2 * SMALL_STEP);
+    /* Low again under the new ceiling (n = 16): reported to the allocator that took it. */
+    ASSERT_EQ(lg_seq_prefetch(s), 0);
+    ASSERT_EQ(lg_seq_prefetch(other), 0);
+    many_one_by_one(other, x, 1, &last);
+    ASSERT_EQ(lg_seq_prefetch(other), 1);
+    ASSERT_U64_EQ(ceiling(x), 3 * SMALL_STEP);
+    ASSERT_U64_EQ(next(s, x), last + 1);
+    lg_seq_free(other);
+    lg_seq_free(s);
+}
+
+/* A renewal that cannot commit changes nothing: the lease runs out and is
+ * renewed the usual way, and seqs go on by one. */
+TEST(seq_early_renewal_without_its_row_changes_nothing)
+{
+    char x[64];
+    uint64_t last;
+    lg_seq_t *s = seq_new(rd, db, SMALL_STEP);
+    char sql[160];
+
+    conv_name(x, sizeof(x), "renew-norow");
+    last = next(s, x);
+    many_one_by_one(s, x, SMALL_STEP / 2 + 1, &last); /* low: noted */
+    snprintf(sql, sizeof(sql), "DELETE FROM conv_seq_reserve WHERE conv_id = '%s'", x);
+    ASSERT_EQ(im_mysql_exec(db, sql), IM_OK);
+    ASSERT_EQ(lg_seq_prefetch(s), 0); /* no row: nothing to raise */
+    ASSERT_U64_EQ(ceiling(x), SMALL_STEP);
+    many_one_by_one(s, x, SMALL_STEP, &last); /* through a reserve that makes the row again */
+    ASSERT_GE(reserved_upto(x), last);
+    lg_seq_free(s);
+}
+
 /* Two allocators on one conv (two logic processes), one taking batches and
  * the other single seqs, both with tiny leases: every seq once, each
  * allocator's strictly increasing. */
@@ -783,6 +871,8 @@ int main(void)
     RUN(seq_next_many_repeats_in_array_order);
     RUN(seq_next_many_exact_near_2_pow_52);
     RUN(seq_next_many_crosses_leases_mid_array);
+    RUN(seq_next_many_renews_a_low_lease_early);
+    RUN(seq_early_renewal_without_its_row_changes_nothing);
     RUN(seq_next_many_with_another_allocator_no_duplicates);
     RUN(seq_next_many_lost_and_stale_hashes);
     RUN(seq_next_many_bad_conv_fails_only_its_entries);

@@ -520,6 +520,102 @@ TEST(lease_running_out_mid_batch_keeps_seqs_consecutive)
     batch_free(bt);
 }
 
+/* conv's reserved_upto, waiting up to 5 s for it to differ from not (0: now). */
+static uint64_t reserved_upto(const char *conv, uint64_t not)
+{
+    im_mysql_stmt_t *st = NULL;
+    uint64_t v = 0;
+
+    ASSERT_EQ(
+        im_mysql_prepare(db, "SELECT reserved_upto FROM conv_seq_reserve WHERE conv_id = ?", &st),
+        IM_OK);
+    for (int i = 0; i < 100; i++) {
+        im_mysql_bind_str(st, 0, conv, strlen(conv));
+        ASSERT_EQ(im_mysql_stmt_exec(st), IM_OK);
+        ASSERT_EQ(im_mysql_stmt_next(st), IM_OK);
+        v = im_mysql_col_u64(st, 0);
+        while (im_mysql_stmt_next(st) == IM_OK)
+            ;
+        if (not == 0 || v != not)
+            break;
+        it_sleep_ms(50);
+    }
+    im_mysql_stmt_free(st);
+    return v;
+}
+
+static uint64_t seq_field(const char *conv, const char *field)
+{
+    im_redis_reply_t *rep = NULL;
+    uint64_t v = 0;
+
+    ASSERT_EQ(im_redis_command(redis, &rep, "HGET im:seq:%s %s", conv, field), IM_OK);
+    ASSERT_EQ(im_redis_reply_u64(rep, &v), IM_OK);
+    im_redis_reply_free(rep);
+    return v;
+}
+
+/* Sends n messages a -> b in one batch (cids "<prefix>-<i>") and checks their
+ * seqs are *next, *next + 1, ... */
+static void send_consecutive(uint64_t a, uint64_t b, const char *prefix, size_t n, uint64_t *next)
+{
+    batch_t *bt = batch_new(n);
+    Im__V1__SendBatchResponse *r;
+    char cid[48];
+
+    for (size_t i = 0; i < n; i++) {
+        snprintf(cid, sizeof(cid), "%s-%zu", prefix, i);
+        batch_add(bt, a, b, 0, cid, NULL);
+    }
+    r = send_batch_ok(bt);
+    for (size_t i = 0; i < n; i++) {
+        const Im__V1__SendResponse *res = accepted(r, i);
+
+        if (res->seq != *next)
+            IM__FAIL("%s %zu: seq %" PRIu64 ", want %" PRIu64, prefix, i, res->seq, *next);
+        (*next)++;
+    }
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    batch_free(bt);
+}
+
+/* A lease that runs low in the claim script (fewer than half a step left) is
+ * renewed by the worker after the batch, before it runs out: the next step is
+ * reserved in MariaDB and the ceiling raised, and later sends go through the
+ * old ceiling with no reserve of their own. */
+TEST(a_low_lease_is_renewed_before_it_runs_out)
+{
+    uint64_t a = it_new_user(&lg, "lwl"), b = it_new_user(&lg, "lwl"), next, d0, d1;
+    Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
+    Im__V1__SendResponse *first;
+    char ab[48], msg[256], *window = it_dedup_window_set(redis, 0);
+
+    it_direct_conv(ab, sizeof(ab), a, b);
+    one.sender = a;
+    one.to_user = b;
+    one.client_msg_id = "lwl-first";
+    one.body = "lwl-first";
+    ASSERT_EQ(send_one(&one, &first, msg, sizeof(msg)), IM_RPC_OK);
+    next = first->seq + 1;
+    d0 = reserved_upto(ab, 0);
+    /* Six seqs left in the lease: low. */
+    ASSERT_EQ(im_redis_command(redis, NULL, "HSET im:seq:%s c %" PRIu64, ab, first->seq + 6),
+              IM_OK);
+    send_consecutive(a, b, "lwl-1", 2, &next);
+    d1 = reserved_upto(ab, d0);
+    ASSERT_GT(d1, d0);
+    ASSERT_U64_EQ(seq_field(ab, "p"), first->seq + 6); /* the renewal was asked once */
+    for (int i = 0; i < 100 && seq_field(ab, "c") != d1; i++)
+        it_sleep_ms(50);
+    ASSERT_U64_EQ(seq_field(ab, "c"), d1);
+    /* Through the old ceiling: consecutive, and no reserve (it would move d1). */
+    send_consecutive(a, b, "lwl-2", 8, &next);
+    ASSERT_U64_EQ(reserved_upto(ab, 0), d1);
+    ASSERT_EQ(rows_in_conv(ab, next - first->seq), next - first->seq);
+    it_dedup_window_restore(redis, window);
+    protobuf_c_message_free_unpacked(&first->base, NULL);
+}
+
 /* A dedup key that is not a string (written by something else): its send is
  * refused INTERNAL, and the claim script goes on, so the sends before and after
  * it in the batch keep their seqs and no seq is handed out twice. */
@@ -899,6 +995,7 @@ int main(int argc, char **argv)
     RUN(mixed_batch_answers_each_send_as_send_would);
     RUN(one_conversation_gets_consecutive_seqs_in_batch_order_and_one_row_each);
     RUN(lease_running_out_mid_batch_keeps_seqs_consecutive);
+    RUN(a_low_lease_is_renewed_before_it_runs_out);
     RUN(a_broken_dedup_key_fails_its_send_only);
     RUN(same_client_msg_id_twice_in_one_batch);
     RUN(batch_size_limit);
