@@ -192,6 +192,7 @@ struct lg_message_s {
     user_cache_t users; /* recipients known to exist */
     lg_target_t target;
     im_mysql_stmt_t *find_sent[IM_MYSQL_IN_SIZES]; /* prepared on first use */
+    im_mysql_stmt_t *find_users[IM_MYSQL_IN_SIZES]; /* likewise */
     im_mysql_stmt_t *newest;
 };
 
@@ -280,8 +281,10 @@ void lg_message_free(lg_message_t *m)
         return;
     for (size_t i = 0; i < sizeof(statements) / sizeof(statements[0]); i++)
         im_mysql_stmt_free(*(im_mysql_stmt_t **)(void *)((char *)m + statements[i].offset));
-    for (size_t k = 0; k < IM_MYSQL_IN_SIZES; k++)
+    for (size_t k = 0; k < IM_MYSQL_IN_SIZES; k++) {
         im_mysql_stmt_free(m->find_sent[k]);
+        im_mysql_stmt_free(m->find_users[k]);
+    }
     lg_target_free(&m->target);
     im_free(m);
 }
@@ -354,6 +357,59 @@ static im_rpc_code_t check_target(lg_message_t *m, const Im__V1__SendRequest *re
     return conv_of(req, conv);
 }
 
+
+/* Puts the recipients of ids[0..n) (n <= IM_MYSQL_IN_MAX) that exist into the
+ * cache, in one query.  Returns its result. */
+static im_err_t warm_chunk(lg_message_t *m, const uint64_t *ids, size_t n, uint64_t now)
+{
+    im_mysql_stmt_t *st;
+    size_t rows;
+    im_err_t rc;
+
+    rc = im_mysql_in_stmt(m->db, m->find_users,
+                          "SELECT id FROM users WHERE deleted_at_ms IS NULL AND id IN (", "?", n,
+                          ")", &st, &rows);
+    if (rc != IM_OK)
+        return rc;
+    for (size_t i = 0; i < rows; i++) /* unused places repeat the first id */
+        im_mysql_bind_u64(st, (unsigned)i, ids[i < n ? i : 0]);
+    rc = im_mysql_stmt_exec(st);
+    while (rc == IM_OK && (rc = im_mysql_stmt_next(st)) == IM_OK)
+        user_cache_put(&m->users, im_mysql_col_u64(st, 0), now);
+    return rc == IM_ENOENT ? IM_OK : rc;
+}
+
+/* Looks up the recipients of reqs[0..n) that are not cached, 64 per query,
+ * so that a cold cache (a new worker, or a minute without their messages)
+ * costs a query per 64 recipients instead of one per send.  Those not found
+ * stay out of the cache: check_target() then says why, one by one.  A failed
+ * query is not reported here: the one-by-one checks that follow meet the same
+ * database and report it. */
+static void warm_users(lg_message_t *m, const Im__V1__SendRequest *const *reqs, size_t n)
+{
+    uint64_t ids[IM_MYSQL_IN_MAX], now = im_mono_ms();
+    size_t k = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = reqs[i]->to_user;
+        bool seen = false;
+
+        if (id == 0 || reqs[i]->to_group != 0 || user_cached(&m->users, id, now))
+            continue;
+        for (size_t j = 0; j < k && !seen; j++)
+            seen = ids[j] == id;
+        if (seen)
+            continue;
+        ids[k++] = id;
+        if (k == IM_MYSQL_IN_MAX) {
+            if (warm_chunk(m, ids, k, now) != IM_OK)
+                return;
+            k = 0;
+        }
+    }
+    if (k > 1) /* one alone is check_target()'s own query */
+        warm_chunk(m, ids, k, now);
+}
 
 /* ------------------------------------------------------------ a call's sends */
 
@@ -1207,6 +1263,7 @@ static void send_calls(lg_message_t *m, im_rpc_call_t *call, bool many)
     b->start_us = im_mono_ns() / 1000;
     b->n = n;
     b->items = im_calloc(n ? n : 1, sizeof(*b->items));
+    warm_users(m, reqs, n);
     for (size_t i = 0; i < n; i++) {
         item_t *it = &b->items[i];
         im_rpc_code_t code;
