@@ -23,13 +23,14 @@ declare -A runs=(
     [direct-2000-r2]="-m direct -c 2000 -r 2 -d 30s --users-file $users"
     [direct-1000-r10]="-m direct -c 1000 -r 10 -d 30s --users-file $users"
     [direct-2000-r10]="-m direct -c 2000 -r 10 -d 30s --users-file $users"
+    [direct-2100-r10]="-m direct -c 2100 -r 10 -d 30s --users-file $users"
     [group-1000]="-m group --group-size 1000 -c 1000 --senders 10 -r 40 -d 20s --auth mint"
     [group-1000-max]="-m group --group-size 1000 -c 1000 --senders 30 -r 40 -d 20s --auth mint"
     [connect-200]="-m connect -c 200 -d 20s --auth mint"
     [idle-19000]="-m idle -c 19000 --ramp 60s -d 30s --auth mint --source 127.0.0.2-127.0.0.9"
     [db-100]="-m db -c 100 -d 10s --users-file $users"
 )
-order=(direct-1000-r2 direct-2000-r2 direct-1000-r10 direct-2000-r10 group-1000 group-1000-max connect-200
+order=(direct-1000-r2 direct-2000-r2 direct-1000-r10 direct-2000-r10 direct-2100-r10 group-1000 group-1000-max connect-200
     idle-19000 db-100)
 [ $# -gt 0 ] && order=("$@")
 
