@@ -112,7 +112,7 @@ static const im_cfg_opt_t opts[] = {
         "of one gateway loop turn into one)"),
     OPT("publish-window", IM_CFG_INT, publish_window, "256", 1, 65535,
         "writer-drain: persistent publishes awaiting their confirm at once (logic's default)"),
-    OPT("writer-batch", IM_CFG_INT, writer_batch, "1000", 1, 10000,
+    OPT("writer-batch", IM_CFG_INT, writer_batch, "1024", 1, 10000,
         "writer-drain: the writer's messages per INSERT transaction (logic's default)"),
     OPT("writer-prefetch", IM_CFG_INT, writer_prefetch, "2000", 1, 65535,
         "writer-drain: unacked deliveries the writer holds (logic's default)"),

@@ -30,8 +30,9 @@ static const im_cfg_opt_t opts[] = {
         "persistent publishes awaiting their confirm at once"),
     OPT("session-ttl", IM_CFG_DURATION, session_ttl_ms, "30s", 1000, 3600000,
         "a gateway's sessions stop being routed to this long after its last heartbeat"),
-    OPT("writer-batch", IM_CFG_INT, writer_batch, "1000", 1, 10000,
-        "messages per INSERT transaction"),
+    OPT("writer-batch", IM_CFG_INT, writer_batch, "1024", 1, 10000,
+        "messages per INSERT transaction (a power of two up to 1024 goes as one "
+        "prepared statement when the batch fills exactly)"),
     OPT("writer-delay", IM_CFG_DURATION, writer_delay_ms, "20ms", 0, 10000,
         "longest a message waits for its batch to fill"),
     OPT("writer-prefetch", IM_CFG_INT, writer_prefetch, "2000", 1, 65535,

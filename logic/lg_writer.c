@@ -43,7 +43,7 @@ struct lg_writer_s {
 void lg_writer_config_default(lg_writer_config_t *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->batch_size = 1000;
+    cfg->batch_size = 1024;
     cfg->max_delay_ms = 20;
     cfg->prefetch = 2000;
     cfg->backoff_min_ms = 50;

@@ -52,7 +52,7 @@ typedef struct {
     unsigned stop_timeout_ms; /* lg_writer_stop: how long to keep retrying a flush */
 } lg_writer_config_t;
 
-/* Fills cfg with the defaults (batch 1000, delay 20 ms, prefetch 2000,
+/* Fills cfg with the defaults (batch 1024, delay 20 ms, prefetch 2000,
  * backoff 50 ms .. 5 s, stop timeout 10 s); the caller sets amqp and queue. */
 void lg_writer_config_default(lg_writer_config_t *cfg);
 
