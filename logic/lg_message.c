@@ -175,7 +175,7 @@ static const char sending_lua[] =
 
 struct lg_message_shared_s {
     lg_message_config_t cfg;
-    atomic_uint_fast64_t sends, refused, failed;
+    atomic_uint_fast64_t sends, refused, failed, renewed;
     im_hist_t ack_latency; /* Send received -> answered after the confirm */
     pthread_mutex_t stripes[LG_SEND_STRIPES];
     im_redis_t *redis; /* publisher thread only */
@@ -266,9 +266,13 @@ size_t lg_message_format_metrics(lg_message_shared_t *sh, char *buf, size_t cap)
         "not allowed, a server unavailable).\n"
         "# TYPE im_logic_send_refused_total counter\nim_logic_send_refused_total %" PRIu64 "\n"
         "# HELP im_logic_send_failed_total Sends the broker did not confirm.\n"
-        "# TYPE im_logic_send_failed_total counter\nim_logic_send_failed_total %" PRIu64 "\n",
+        "# TYPE im_logic_send_failed_total counter\nim_logic_send_failed_total %" PRIu64 "\n"
+        "# HELP im_logic_seq_leases_renewed_total Conversations' seq leases renewed before "
+        "they ran out.\n"
+        "# TYPE im_logic_seq_leases_renewed_total counter\n"
+        "im_logic_seq_leases_renewed_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&sh->sends), (uint64_t)atomic_load(&sh->refused),
-        (uint64_t)atomic_load(&sh->failed));
+        (uint64_t)atomic_load(&sh->failed), (uint64_t)atomic_load(&sh->renewed));
 
     return n + im_hist_format(&sh->ack_latency, "im_logic_send_ack_seconds",
                               "Send received to answered after the broker's confirm.",
@@ -1301,7 +1305,7 @@ static void send_calls(lg_message_t *m, im_rpc_call_t *call, bool many)
         answer(b);
     /* b may be gone.  Leases that ran low are renewed now, after this call's
      * sends are on their way, so that later ones do not wait for a lease. */
-    lg_seq_prefetch(m->seq);
+    atomic_fetch_add(&m->sh->renewed, lg_seq_prefetch(m->seq));
 }
 
 void lg_message_send(lg_message_t *m, im_rpc_call_t *call)
