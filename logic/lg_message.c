@@ -191,7 +191,7 @@ struct lg_message_s {
     im_redis_script_t claim, sending, release;
     user_cache_t users; /* recipients known to exist */
     lg_target_t target;
-    im_mysql_stmt_t *find_sent[IM_MYSQL_IN_SIZES]; /* prepared on first use */
+    im_mysql_stmt_t *find_sent[IM_MYSQL_IN_SIZES];  /* prepared on first use */
     im_mysql_stmt_t *find_users[IM_MYSQL_IN_SIZES]; /* likewise */
     im_mysql_stmt_t *newest;
 };
@@ -360,7 +360,6 @@ static im_rpc_code_t check_target(lg_message_t *m, const Im__V1__SendRequest *re
         user_cache_put(&m->users, req->to_user, now);
     return conv_of(req, conv);
 }
-
 
 /* Puts the recipients of ids[0..n) (n <= IM_MYSQL_IN_MAX) that exist into the
  * cache, in one query.  Returns its result. */

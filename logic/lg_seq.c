@@ -470,21 +470,26 @@ static int conv_cmp(const void *a, const void *b)
     return strcmp(a, b);
 }
 
-/* Binds step and convs[0..n) to the IN statement of rows places (the rest
- * repeat the first conv) and runs it. */
-static im_err_t exec_in(lg_seq_t *s, im_mysql_stmt_t *st, size_t rows, bool with_step,
-                        char (*convs)[CONV_MAX + 1], size_t n)
+/* Runs head "IN (" convs[0..n) ")" from slots (prepared on first use; the
+ * places past n repeat the first conv), with step bound first when with_step;
+ * *st is the statement, for its rows. */
+static im_err_t exec_in(lg_seq_t *s, im_mysql_stmt_t *slots[IM_MYSQL_IN_SIZES], const char *head,
+                        bool with_step, char (*convs)[CONV_MAX + 1], size_t n, im_mysql_stmt_t **st)
 {
     unsigned at = 0;
+    size_t rows;
+    im_err_t err = im_mysql_in_stmt(s->db, slots, head, "?", n, ")", st, &rows);
 
+    if (err != IM_OK)
+        return err;
     if (with_step)
-        im_mysql_bind_u64(st, at++, s->step);
+        im_mysql_bind_u64(*st, at++, s->step);
     for (size_t i = 0; i < rows; i++) {
         const char *c = convs[i < n ? i : 0];
 
-        im_mysql_bind_str(st, at++, c, strlen(c));
+        im_mysql_bind_str(*st, at++, c, strlen(c));
     }
-    return im_mysql_stmt_exec(st);
+    return im_mysql_stmt_exec(*st);
 }
 
 /* One transaction: each of convs[0..n) (n <= IM_MYSQL_IN_MAX, sorted, so that
@@ -492,24 +497,18 @@ static im_err_t exec_in(lg_seq_t *s, im_mysql_stmt_t *st, size_t rows, bool with
  * reserved_upto go into upto[i] (0 for a conversation without a row). */
 static im_err_t bump_tx(lg_seq_t *s, char (*convs)[CONV_MAX + 1], size_t n, uint64_t *upto)
 {
-    im_mysql_stmt_t *st;
-    size_t rows;
+    im_mysql_stmt_t *st = NULL;
     im_err_t err;
 
     memset(upto, 0, n * sizeof(*upto));
-    err = im_mysql_in_stmt(s->db, s->bump,
-                           "UPDATE conv_seq_reserve SET reserved_upto = reserved_upto + ?"
-                           " WHERE conv_id IN (",
-                           "?", n, ")", &st, &rows);
+    err =
+        exec_in(s, s->bump,
+                "UPDATE conv_seq_reserve SET reserved_upto = reserved_upto + ? WHERE conv_id IN (",
+                true, convs, n, &st);
     if (err == IM_OK)
-        err = exec_in(s, st, rows, true, convs, n);
-    if (err == IM_OK)
-        err = im_mysql_in_stmt(s->db, s->read,
-                               "SELECT conv_id, reserved_upto FROM conv_seq_reserve"
-                               " WHERE conv_id IN (",
-                               "?", n, ")", &st, &rows);
-    if (err == IM_OK)
-        err = exec_in(s, st, rows, false, convs, n);
+        err = exec_in(s, s->read,
+                      "SELECT conv_id, reserved_upto FROM conv_seq_reserve WHERE conv_id IN (",
+                      false, convs, n, &st);
     while (err == IM_OK && (err = im_mysql_stmt_next(st)) == IM_OK) {
         const char *conv = im_mysql_col_str(st, 0, NULL);
         char(*hit)[CONV_MAX + 1] = bsearch(conv, convs, n, sizeof(*convs), conv_cmp);

@@ -630,7 +630,7 @@ TEST(seq_next_many_renews_a_low_lease_early)
     many_one_by_one(s, x, 4, &last); /* n = 5: 5 left, not low yet */
     ASSERT_EQ(lg_seq_prefetch(s), 0);
     ASSERT_U64_EQ(reserved_upto(x), SMALL_STEP);
-    many_one_by_one(s, x, 1, &last); /* n = 6: 4 left */
+    many_one_by_one(s, x, 1, &last);     /* n = 6: 4 left */
     many_one_by_one(other, x, 1, &last); /* the same ceiling: not reported again */
     ASSERT_EQ(lg_seq_prefetch(other), 0);
     ASSERT_U64_EQ(ceiling(x), SMALL_STEP);

@@ -155,6 +155,23 @@ static im_rpc_code_t send_one(const Im__V1__SendRequest *req, Im__V1__SendRespon
     return code;
 }
 
+/* A Send from a to b with cid as its client message id and body, which must
+ * be accepted; its response (free it). */
+static Im__V1__SendResponse *send_direct_ok(uint64_t a, uint64_t b, const char *cid)
+{
+    Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
+    Im__V1__SendResponse *resp = NULL;
+    char msg[256];
+
+    one.sender = a;
+    one.to_user = b;
+    one.client_msg_id = (char *)cid;
+    one.body = (char *)cid;
+    if (send_one(&one, &resp, msg, sizeof(msg)) != IM_RPC_OK)
+        IM__FAIL("send %s: %s", cid, msg);
+    return resp;
+}
+
 /* Result i was accepted (not as a duplicate); returns its response. */
 static const Im__V1__SendResponse *accepted(const Im__V1__SendBatchResponse *r, size_t i)
 {
@@ -468,18 +485,13 @@ TEST(lease_running_out_mid_batch_keeps_seqs_consecutive)
     batch_t *bt = batch_new(8);
     Im__V1__SendBatchResponse *r;
     Im__V1__SendResponse *first;
-    Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
     char ab[48], ac[48], cid[32], msg[256], *window = it_dedup_window_set(redis, 0);
     uint64_t next_ab, next_ac = 1;
     im_redis_reply_t *rep = NULL;
 
     it_direct_conv(ab, sizeof(ab), a, b);
     it_direct_conv(ac, sizeof(ac), a, c);
-    one.sender = a;
-    one.to_user = b;
-    one.client_msg_id = "lse-first";
-    one.body = "lse-first";
-    ASSERT_EQ(send_one(&one, &first, msg, sizeof(msg)), IM_RPC_OK);
+    first = send_direct_ok(a, b, "lse-first");
     next_ab = first->seq + 1;
     /* Two seqs left in ab's lease. */
     ASSERT_EQ(im_redis_command(redis, NULL, "HSET im:seq:%s c %" PRIu64, ab, first->seq + 2),
@@ -520,8 +532,8 @@ TEST(lease_running_out_mid_batch_keeps_seqs_consecutive)
     batch_free(bt);
 }
 
-/* conv's reserved_upto, waiting up to 5 s for it to differ from not (0: now). */
-static uint64_t reserved_upto(const char *conv, uint64_t not)
+/* conv's reserved_upto, waiting up to 5 s for it to differ from old (0: now). */
+static uint64_t reserved_upto(const char *conv, uint64_t old)
 {
     im_mysql_stmt_t *st = NULL;
     uint64_t v = 0;
@@ -536,7 +548,7 @@ static uint64_t reserved_upto(const char *conv, uint64_t not)
         v = im_mysql_col_u64(st, 0);
         while (im_mysql_stmt_next(st) == IM_OK)
             ;
-        if (not == 0 || v != not)
+        if (old == 0 || v != old)
             break;
         it_sleep_ms(50);
     }
@@ -586,16 +598,11 @@ static void send_consecutive(uint64_t a, uint64_t b, const char *prefix, size_t 
 TEST(a_low_lease_is_renewed_before_it_runs_out)
 {
     uint64_t a = it_new_user(&lg, "lwl"), b = it_new_user(&lg, "lwl"), next, d0, d1;
-    Im__V1__SendRequest one = IM__V1__SEND_REQUEST__INIT;
     Im__V1__SendResponse *first;
-    char ab[48], msg[256], *window = it_dedup_window_set(redis, 0);
+    char ab[48], *window = it_dedup_window_set(redis, 0);
 
     it_direct_conv(ab, sizeof(ab), a, b);
-    one.sender = a;
-    one.to_user = b;
-    one.client_msg_id = "lwl-first";
-    one.body = "lwl-first";
-    ASSERT_EQ(send_one(&one, &first, msg, sizeof(msg)), IM_RPC_OK);
+    first = send_direct_ok(a, b, "lwl-first");
     next = first->seq + 1;
     d0 = reserved_upto(ab, 0);
     /* Six seqs left in the lease: low. */
