@@ -581,8 +581,8 @@ size_t lg_seq_prefetch(lg_seq_t *s)
         raised += prefetch_chunk(s, s->low + done, chunk, &err);
     }
     if (err != IM_OK)
-        im_log_warn("lg_seq: renewing %zu leases early: %s (redis: %s; mysql: %s); they are "
-                    "renewed when they run out",
-                    n - raised, im_strerror(err), im_redis_error(s->redis), im_mysql_error(s->db));
+        im_log_warn("lg_seq: renewing leases early (%zu conversations, %zu done): %s (redis: %s; "
+                    "mysql: %s); the rest are renewed when they run out",
+                    n, raised, im_strerror(err), im_redis_error(s->redis), im_mysql_error(s->db));
     return raised;
 }

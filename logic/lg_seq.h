@@ -7,8 +7,10 @@
  *   - a seq is never handed out twice;
  *   - seqs increase in the order they are handed out (each later lg_seq_next, in
  *     any process, returns more than every earlier one returned);
- *   - there may be gaps: at most one lease (step) after a Redis loss, and a seq
- *     whose reply was lost on the way back from Redis is skipped.
+ *   - there may be gaps: after a Redis loss, what was reserved but not handed out
+ *     (up to about two steps: the lease in use, renewed early by a step, and a
+ *     reserve made meanwhile), and a seq whose reply was lost on the way back
+ *     from Redis is skipped.
  * Seqs stay below 2^53 (Redis scripts compare them as doubles); at a million
  * messages a second that is 285 years of one conversation.
  *
