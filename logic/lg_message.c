@@ -671,13 +671,8 @@ static void claim_all(lg_message_t *m, batch_t *b, bool *check_db)
         rc = im_redis_eval(m->redis, &m->claim, (int)nkeys, (int)nargs, args, NULL, &rep);
     if (rc == IM_OK && im_redis_reply_count(rep) < 1 + 2 * k)
         rc = IM_EPARSE;
-    for (size_t i = 1 + 2 * k; rc == IM_OK && i < im_redis_reply_count(rep); i++) {
-        size_t len;
-        const char *key = im_redis_reply_str(im_redis_reply_elem(rep, i), &len);
-
-        if (key != NULL)
-            lg_seq_note_low(m->seq, key, len);
-    }
+    if (rc == IM_OK)
+        lg_seq_note_low(m->seq, rep, 1 + 2 * k);
     if (rc != IM_OK) {
         im_log_warn("send: redis: %s (%s)", im_strerror(rc), im_redis_error(m->redis));
         if (!im_redis_is_open(m->redis))

@@ -399,13 +399,7 @@ static void next_many_fast(lg_seq_t *s, const char *const *convs, size_t n, uint
             for (size_t i = 0; i < n; i++)
                 if (im_redis_reply_u64(im_redis_reply_elem(rep, i), &out[i]) != IM_OK)
                     out[i] = 0;
-            for (size_t i = n; i < im_redis_reply_count(rep); i++) {
-                size_t len;
-                const char *key = im_redis_reply_str(im_redis_reply_elem(rep, i), &len);
-
-                if (key != NULL)
-                    lg_seq_note_low(s, key, len);
-            }
+            lg_seq_note_low(s, rep, n);
         }
         im_redis_reply_free(rep);
     }
@@ -452,17 +446,22 @@ uint64_t lg_seq_low_mark(const lg_seq_t *s)
     return s->step / 2;
 }
 
-void lg_seq_note_low(lg_seq_t *s, const char *key, size_t len)
+void lg_seq_note_low(lg_seq_t *s, const im_redis_reply_t *rep, size_t from)
 {
     size_t plen = sizeof(KEY_PREFIX) - 1;
 
-    if (len <= plen || len - plen > CONV_MAX || memcmp(key, KEY_PREFIX, plen) != 0 ||
-        s->n_low == LG_SEQ_PREFETCH_MAX)
-        return;
-    if (s->low == NULL)
-        s->low = im_malloc(LG_SEQ_PREFETCH_MAX * sizeof(*s->low));
-    memcpy(s->low[s->n_low], key + plen, len - plen);
-    s->low[s->n_low++][len - plen] = '\0';
+    for (size_t i = from; i < im_redis_reply_count(rep) && s->n_low < LG_SEQ_PREFETCH_MAX; i++) {
+        size_t len;
+        const char *key = im_redis_reply_str(im_redis_reply_elem(rep, i), &len);
+
+        if (key == NULL || len <= plen || len - plen > CONV_MAX ||
+            memcmp(key, KEY_PREFIX, plen) != 0)
+            continue;
+        if (s->low == NULL)
+            s->low = im_malloc(LG_SEQ_PREFETCH_MAX * sizeof(*s->low));
+        memcpy(s->low[s->n_low], key + plen, len - plen);
+        s->low[s->n_low++][len - plen] = '\0';
+    }
 }
 
 static int conv_cmp(const void *a, const void *b)

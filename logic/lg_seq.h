@@ -128,12 +128,13 @@ void lg_seq_key(const char *conv, char out[LG_SEQ_KEY_MAX]);
  * its low): half a step. */
 uint64_t lg_seq_low_mark(const lg_seq_t *s);
 
-/* Notes the conversation of a seq hash key that seq_store() reported, for the
- * next lg_seq_prefetch().  At most LG_SEQ_PREFETCH_MAX are kept; beyond that
- * (or when the renewal fails) the lease is renewed the usual way, when it has
- * run out.  Keys not from lg_seq_key() are ignored. */
+/* Notes the conversations of the seq hash keys that seq_store() reported, the
+ * elements of rep from index from on, for the next lg_seq_prefetch().  At most
+ * LG_SEQ_PREFETCH_MAX are kept; beyond that (or when the renewal fails) the
+ * lease is renewed the usual way, when it has run out.  Elements that are not
+ * keys from lg_seq_key() are ignored. */
 #define LG_SEQ_PREFETCH_MAX 4096
-void lg_seq_note_low(lg_seq_t *s, const char *key, size_t len);
+void lg_seq_note_low(lg_seq_t *s, const im_redis_reply_t *rep, size_t from);
 
 /* Renews, before they run out, the leases of the conversations noted since the
  * last call: one MariaDB transaction per 64 conversations reserves a further
