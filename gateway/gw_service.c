@@ -597,8 +597,6 @@ static uint64_t local_origin(gw_service_t *svc, const char *origin)
     return strtoull(origin + n + 1, NULL, 16);
 }
 
-/* Queues b to the sessions of the users (direct) or of the group's local
- * members, except `skip` and (when skip_user) the sessions of skip_user. */
 #define USER_IDS_STACK 64
 
 /* The ids of every session of user here: in stack (USER_IDS_STACK long) when
@@ -615,6 +613,8 @@ static uint64_t *user_sessions(gw_service_t *svc, uint64_t user, uint64_t *stack
     return all;
 }
 
+/* Queues b to the sessions of the users (direct) or of the group's local
+ * members, except `skip` and (when skip_user) the sessions of skip_user. */
 static void fan_out(gw_service_t *svc, const Im__V1__Delivery *d, uint64_t group, im_buf_t *b,
                     uint64_t skip, uint64_t skip_user)
 {
